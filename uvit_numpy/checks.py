@@ -1,0 +1,79 @@
+"""Input checks shared by both packages.
+
+Every public forward pass checks its inputs *before* any arithmetic and raises a `ValueError` (wrong
+shape, rank or range) or a `TypeError` (wrong dtype) whose message names what was expected and what
+arrived. The helpers below work on NumPy arrays and on torch tensors alike (they only read `.shape`
+and `.dtype`), so that `uvit_torch` can share them without `uvit_numpy` ever importing torch.
+"""
+
+import numpy as np
+
+
+def dtype_name(x):
+    """'float32', 'int64', ... for a NumPy array or a torch tensor."""
+    return str(x.dtype).replace("torch.", "")
+
+
+def is_floating(x):
+    """True for a floating-point array or tensor."""
+    torch_flag = getattr(x.dtype, "is_floating_point", None)  # torch.dtype has this attribute
+    if torch_flag is not None:
+        return bool(torch_flag)
+    return np.issubdtype(x.dtype, np.floating)
+
+
+def is_integer(x):
+    """True for an integer (not bool) array or tensor."""
+    name = dtype_name(x)
+    return name.startswith(("int", "uint"))
+
+
+def check_floating(name, x):
+    """Raise TypeError unless `x` holds floating-point numbers."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise TypeError(f"{name}: expected a floating-point array, got {type(x).__name__}")
+    if not is_floating(x):
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {dtype_name(x)}")
+
+
+def check_integer(name, x):
+    """Raise TypeError unless `x` holds integers (token ids, labels)."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise TypeError(f"{name}: expected an integer array, got {type(x).__name__}")
+    if not is_integer(x):
+        raise TypeError(f"{name}: expected an integer array, got dtype {dtype_name(x)}")
+
+
+def check_rank(name, x, ranks, layout=None):
+    """Raise ValueError unless `x.ndim` is one of `ranks` (an int or a tuple of ints)."""
+    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if len(x.shape) not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        hint = f" {layout}" if layout else ""
+        raise ValueError(
+            f"{name}: expected a {want}-d array{hint}, got shape {tuple(x.shape)}")
+
+
+def check_dim(name, x, axis, expected, what="size"):
+    """Raise ValueError unless `x.shape[axis] == expected`."""
+    got = x.shape[axis]
+    if got != expected:
+        raise ValueError(
+            f"{name}: expected {what} {expected} on axis {axis}, got {got} "
+            f"(shape {tuple(x.shape)})")
+
+
+def check_range(name, ids, low, high):
+    """Raise ValueError unless every value lies in [low, high). `ids` must be non-empty."""
+    if ids.shape and 0 in tuple(ids.shape):
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < low or hi >= high:
+        raise ValueError(f"{name}: expected values in [{low}, {high}), got values in [{lo}, {hi}]")
+
+
+def check_batch(name, x, batch):
+    """Raise ValueError unless the leading axis of `x` is `batch`."""
+    if x.shape[0] != batch:
+        raise ValueError(f"{name}: expected batch size {batch}, got {x.shape[0]} "
+                         f"(shape {tuple(x.shape)})")

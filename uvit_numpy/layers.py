@@ -1,0 +1,312 @@
+"""Layers that hold parameters, each a thin `Module` around a function of `functional`.
+
+Class names, constructor arguments and parameter names follow `torch.nn` and diffusers exactly, so a
+torch state dict loads unchanged. Every constructor also takes `dtype` (float32 by default) and `rng`
+(an `np.random.Generator` or a seed) for the initial values, which follow torch's defaults:
+weights and biases of linear and conv layers U(-1/sqrt(fan_in), 1/sqrt(fan_in)), embeddings N(0, 1),
+norm weights 1 and biases 0, GlobalResponseNorm's gamma and beta 0.
+
+A module computes in its own dtype: floating input is cast to it, non-floating input is a TypeError.
+"""
+
+import numpy as np
+
+from . import functional as F
+from .checks import check_dim, check_floating, check_rank
+from .module import Module, ModuleList, as_rng, uniform_init
+
+
+def to_module_dtype(name, x, dtype):
+    """Check that `x` is floating and cast it to the module's dtype (no copy when it already is)."""
+    check_floating(name, x)
+    return x.astype(dtype, copy=False)
+
+
+class Linear(Module):
+    """y = x W^T + b. weight (out_features, in_features), bias (out_features,)."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = uniform_init(rng, (out_features, in_features), in_features, self.dtype)
+        self.bias = uniform_init(rng, (out_features,), in_features, self.dtype) if bias else None
+
+    def forward(self, x):
+        """x: (..., in_features) -> (..., out_features)."""
+        x = to_module_dtype("Linear: x", x, self.dtype)
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A table of `num_embeddings` rows of width `embedding_dim`; weight (V, C)."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = rng.standard_normal((num_embeddings, embedding_dim)).astype(self.dtype)
+
+    def forward(self, ids):
+        """ids: integer array of any shape, values in [0, V) -> ids.shape + (C,)."""
+        return F.embedding(ids, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LayerNorm(Module):
+    """torch.nn.LayerNorm over the last axis (a single int `normalized_shape`)."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        self.normalized_shape, self.eps = int(normalized_shape), eps
+        affine = elementwise_affine
+        self.weight = np.ones(self.normalized_shape, self.dtype) if affine else None
+        self.bias = np.zeros(self.normalized_shape, self.dtype) if affine and bias else None
+
+    def forward(self, x):
+        """x: (..., C) -> (..., C)."""
+        x = to_module_dtype("LayerNorm: x", x, self.dtype)
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class RMSNorm(Module):
+    """diffusers' RMSNorm: weight only with `elementwise_affine`, bias only if also `bias`."""
+
+    def __init__(self, dim, eps, elementwise_affine=True, bias=False, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        self.dim, self.eps = int(dim), eps
+        affine = elementwise_affine
+        self.weight = np.ones(self.dim, self.dtype) if affine else None
+        self.bias = np.zeros(self.dim, self.dtype) if affine and bias else None
+
+    def forward(self, x):
+        """x: (..., C) -> (..., C)."""
+        x = to_module_dtype("RMSNorm: x", x, self.dtype)
+        if self.weight is None:
+            check_dim("RMSNorm: x", x, -1, self.dim, "channels")
+        return F.rms_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.dim}, eps={self.eps}"
+
+
+class GlobalResponseNorm(Module):
+    """ConvNeXt-V2's GRN, channel-last; gamma and beta (1, 1, 1, C), zero at init (identity)."""
+
+    def __init__(self, dim, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        self.dim = int(dim)
+        self.gamma = np.zeros((1, 1, 1, self.dim), self.dtype)
+        self.beta = np.zeros((1, 1, 1, self.dim), self.dtype)
+
+    def forward(self, x):
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        x = to_module_dtype("GlobalResponseNorm: x", x, self.dtype)
+        return F.global_response_norm(x, self.gamma, self.beta)
+
+
+class SiLU(Module):
+    """x * sigmoid(x); no parameters."""
+
+    def forward(self, x):
+        return F.silu(to_module_dtype("SiLU: x", x, self.dtype))
+
+
+class GELU(Module):
+    """torch.nn.GELU: exact (erf) by default, `approximate="tanh"` for the tanh form."""
+
+    def __init__(self, approximate="none", dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(to_module_dtype("GELU: x", x, self.dtype), self.approximate)
+
+
+class GEGLU(Module):
+    """diffusers' GEGLU: `proj` Linear(dim_in, 2 dim_out), then value * gelu(gate)."""
+
+    def __init__(self, dim_in, dim_out, bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        self.proj = Linear(dim_in, dim_out * 2, bias=bias, dtype=dtype, rng=as_rng(rng))
+
+    def forward(self, x):
+        """x: (..., dim_in) -> (..., dim_out)."""
+        return F.geglu(self.proj(x))
+
+
+class Dropout(Module):
+    """Identity in eval mode; in train mode zeroes values with probability p (seeded mask)."""
+
+    def __init__(self, p=0.5, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: expected p in [0, 1), got {p}")
+        self.p = p
+        self._rng = as_rng(rng)
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, self._rng)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Conv2d(Module):
+    """torch.nn.Conv2d (zero padding). weight (O, C/groups, kh, kw), bias (O,)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
+        kh, kw = F._pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.groups = groups
+        fan_in = in_channels // groups * kh * kw
+        self.weight = uniform_init(rng, (out_channels, in_channels // groups, kh, kw), fan_in,
+                                   self.dtype)
+        self.bias = uniform_init(rng, (out_channels,), fan_in, self.dtype) if bias else None
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, O, Ho, Wo)."""
+        x = to_module_dtype("Conv2d: x", x, self.dtype)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}")
+
+
+class ConvTranspose2d(Module):
+    """torch.nn.ConvTranspose2d (groups=1). weight (C, O, kh, kw) -- in-channels first."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        kh, kw = F._pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        fan_in = out_channels * kh * kw  # torch computes fan_in from weight.shape[1:]
+        self.weight = uniform_init(rng, (in_channels, out_channels, kh, kw), fan_in, self.dtype)
+        self.bias = uniform_init(rng, (out_channels,), fan_in, self.dtype) if bias else None
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, O, (H-1) s - 2p + kh, (W-1) s - 2p + kw)."""
+        x = to_module_dtype("ConvTranspose2d: x", x, self.dtype)
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+class Attention(Module):
+    """Multi-head attention as diffusers' `Attention` (default processor), self or cross.
+
+    Separate projections `to_q` (I, query_dim), `to_k`, `to_v` (I, cross_attention_dim) with
+    I = heads * dim_head, then `to_out` = [Linear(I, query_dim), Dropout]. Keys and values come from
+    `encoder_hidden_states` when given (cross-attention), otherwise from the queries' input.
+    """
+
+    def __init__(self, query_dim, cross_attention_dim=None, heads=8, dim_head=64, dropout=0.0,
+                 bias=False, out_bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        kv_dim = query_dim if cross_attention_dim is None else cross_attention_dim
+        inner = heads * dim_head
+        self.heads, self.dim_head = heads, dim_head
+        self.query_dim, self.cross_attention_dim = query_dim, kv_dim
+        self.to_q = Linear(query_dim, inner, bias=bias, dtype=dtype, rng=rng)
+        self.to_k = Linear(kv_dim, inner, bias=bias, dtype=dtype, rng=rng)
+        self.to_v = Linear(kv_dim, inner, bias=bias, dtype=dtype, rng=rng)
+        self.to_out = ModuleList([Linear(inner, query_dim, bias=out_bias, dtype=dtype, rng=rng),
+                                  Dropout(dropout, dtype=dtype, rng=rng)], dtype=dtype)
+
+    def forward(self, hidden_states, encoder_hidden_states=None, return_weights=False):
+        """hidden_states: (B, L, query_dim); encoder_hidden_states: (B, S, cross_attention_dim).
+
+        Returns (B, L, query_dim), and the weights (B, nh, L, S) if `return_weights`.
+        """
+        x = to_module_dtype("Attention: hidden_states", hidden_states, self.dtype)
+        check_rank("Attention: hidden_states", x, 3, "(B, L, C)")
+        ctx = x if encoder_hidden_states is None else to_module_dtype(
+            "Attention: encoder_hidden_states", encoder_hidden_states, self.dtype)
+        check_rank("Attention: encoder_hidden_states", ctx, 3, "(B, S, C)")
+        if ctx.shape[0] != x.shape[0]:
+            raise ValueError(f"Attention: batch sizes disagree: hidden_states {x.shape[0]}, "
+                             f"encoder_hidden_states {ctx.shape[0]}")
+        q = F.split_heads(self.to_q(x), self.heads)        # (B, nh, L, hd)
+        k = F.split_heads(self.to_k(ctx), self.heads)      # (B, nh, S, hd)
+        v = F.split_heads(self.to_v(ctx), self.heads)      # (B, nh, S, hd)
+        out, weights = F.scaled_dot_product_attention(q, k, v, return_weights=True)
+        out = self.to_out[1](self.to_out[0](F.merge_heads(out)))  # (B, L, I) -> (B, L, query_dim)
+        return (out, weights) if return_weights else out
+
+
+class QKVAttention(Module):
+    """Multi-head self-attention with one fused projection, as the U-ViT paper's `Attention`.
+
+    `qkv` Linear(dim, 3 dim) (bias if qkv_bias), split on the feature axis as (3, nh, hd) in that
+    order; softmax(q k^T * scale) v with scale = qk_scale or hd^-1/2; heads merged; `proj`
+    Linear(dim, dim) with bias. `attn_drop` drops attention weights, `proj_drop` the output (train).
+    """
+
+    def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0,
+                 proj_drop=0.0, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.dim, self.num_heads = dim, num_heads
+        head_dim = dim // num_heads
+        self.scale = qk_scale if qk_scale is not None else head_dim ** -0.5
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias, dtype=dtype, rng=rng)
+        self.attn_drop = Dropout(attn_drop, dtype=dtype, rng=rng)
+        self.proj = Linear(dim, dim, dtype=dtype, rng=rng)
+        self.proj_drop = Dropout(proj_drop, dtype=dtype, rng=rng)
+
+    def forward(self, x, return_weights=False):
+        """x: (B, L, dim) -> (B, L, dim) (and the weights (B, nh, L, L) if `return_weights`)."""
+        x = to_module_dtype("QKVAttention: x", x, self.dtype)
+        check_rank("QKVAttention: x", x, 3, "(B, L, C)")
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)  # (B, L, 3, nh, hd)
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)            # 3 x (B, nh, L, hd)
+        scores = (q @ k.swapaxes(-1, -2)) * self.scale   # (B, nh, L, L)
+        weights = self.attn_drop(F.softmax(scores, axis=-1))
+        out = F.merge_heads(weights @ v)                  # (B, nh, L, hd) -> (B, L, C)
+        out = self.proj_drop(self.proj(out))
+        return (out, weights) if return_weights else out
+
+
+class TimestepEmbedding(Module):
+    """diffusers' TimestepEmbedding: linear_1 -> act (SiLU) -> linear_2.
+
+    `linear_1` Linear(in_channels, time_embed_dim), `linear_2` Linear(time_embed_dim, out_dim or
+    time_embed_dim); both have biases iff `sample_proj_bias`.
+    """
+
+    def __init__(self, in_channels, time_embed_dim, act_fn="silu", out_dim=None,
+                 sample_proj_bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        if act_fn != "silu":
+            raise ValueError(f"TimestepEmbedding: only act_fn='silu' is implemented, got {act_fn!r}")
+        rng = as_rng(rng)
+        out = time_embed_dim if out_dim is None else out_dim
+        self.linear_1 = Linear(in_channels, time_embed_dim, sample_proj_bias, dtype=dtype, rng=rng)
+        self.act = SiLU(dtype=dtype)
+        self.linear_2 = Linear(time_embed_dim, out, sample_proj_bias, dtype=dtype, rng=rng)
+
+    def forward(self, sample):
+        """sample: (B, in_channels) -> (B, out_dim)."""
+        return self.linear_2(self.act(self.linear_1(sample)))

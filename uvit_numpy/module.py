@@ -1,0 +1,191 @@
+"""A minimal `Module`: named parameters, child modules and state dicts, for reading.
+
+This is not a framework. It keeps what a reader needs to move weights between implementations:
+
+* every `np.ndarray` attribute of a module is a **parameter** (names starting with `_` excepted);
+* every `Module` attribute is a **child**, and its parameters appear as `child.name`;
+* `ModuleList` and `Sequential` hold children under the names "0", "1", ... as `torch.nn` does;
+* `state_dict()` returns `{dotted.name: array}` and `load_state_dict()` loads one back, reporting
+  every missing, unexpected and mis-shaped key in one error.
+
+Every module is built in one dtype (`dtype=np.float32` by default; float64 for exact parity runs) and
+computes in it. Random initialisation draws from an explicit `np.random.Generator` (`rng=`), so one
+seed reproduces a whole model.
+"""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def as_rng(rng):
+    """An `np.random.Generator` from a Generator, an int seed or None (seed 0)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(0 if rng is None else rng)
+
+
+def as_dtype(dtype):
+    """Validate a floating dtype and return it as `np.dtype`."""
+    dt = np.dtype(dtype)
+    if dt not in [np.dtype(d) for d in FLOAT_DTYPES]:
+        raise TypeError(f"dtype: expected float16, float32 or float64, got {dt}")
+    return dt
+
+
+def uniform_init(rng, shape, fan_in, dtype):
+    """torch's default for Linear/Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in) if fan_in > 0 else 0.0
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Module:
+    """Base class: parameters are array attributes, children are Module attributes."""
+
+    def __init__(self, dtype=np.float32):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "dtype", as_dtype(dtype))
+
+    # --- registration -------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call Module.__init__ before setting {name}")
+        if not name.startswith("_"):
+            self._parameters.pop(name, None)
+            self._modules.pop(name, None)
+            if isinstance(value, np.ndarray):
+                self._parameters[name] = value
+            elif isinstance(value, Module):
+                self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    # --- traversal ----------------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        """Yield (dotted name, module) for this module and every descendant."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self):
+        """Yield (dotted name, array) in registration order, as torch's `state_dict` orders them."""
+        for mod_name, module in self.named_modules():
+            for name, value in module._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), value
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self):
+        """Total number of scalars in all parameters."""
+        return int(sum(p.size for p in self.parameters()))
+
+    def state_dict(self):
+        """`{dotted.name: np.ndarray}` (the arrays themselves, not copies)."""
+        return dict(self.named_parameters())
+
+    # --- loading ------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays from `state_dict` into this module, cast to each parameter's dtype.
+
+        Values may be NumPy arrays or anything `np.asarray` understands (CPU torch tensors too).
+        Mis-shaped tensors are always an error; with `strict=True` so are missing and unexpected
+        keys. All problems are collected and reported in one `KeyError`/`ValueError` before any
+        parameter is changed. Returns `(missing, unexpected)` key lists.
+        """
+        own = self.state_dict()
+        given = {k: np.asarray(v) for k, v in state_dict.items()}
+        missing = [k for k in own if k not in given]
+        unexpected = [k for k in given if k not in own]
+        misshaped = [f"{k}: expected {own[k].shape}, got {given[k].shape}"
+                     for k in own if k in given and given[k].shape != own[k].shape]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys ({len(missing)}): {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+        if misshaped:
+            problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        modules = dict(self.named_modules())
+        for key in own:
+            if key not in given:
+                continue
+            mod_name, _, name = key.rpartition(".")
+            module = modules[mod_name]
+            target = module._parameters[name]
+            setattr(module, name, np.array(given[key], dtype=target.dtype, copy=True))
+        return missing, unexpected
+
+    # --- modes and dtype ----------------------------------------------------------------------
+    def train(self, mode=True):
+        """Set training mode here and in every descendant (only Dropout cares). Returns self."""
+        for _, module in self.named_modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def astype(self, dtype):
+        """Convert every parameter to `dtype` in place and compute in it from now on. Returns self."""
+        dt = as_dtype(dtype)
+        for _, module in self.named_modules():
+            object.__setattr__(module, "dtype", dt)
+            for name, value in list(module._parameters.items()):
+                setattr(module, name, value.astype(dt))
+        return self
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            child_lines = repr(child).split("\n")
+            lines.append(f"  ({name}): " + "\n  ".join(child_lines))
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are named "0.weight", "1.weight", ..."""
+
+    def __init__(self, modules=(), dtype=np.float32):
+        super().__init__(dtype=dtype)
+        for module in modules:
+            self.append(module)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList: expected a Module, got {type(module).__name__}")
+        self._modules[str(len(self._modules))] = module
+        return self
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class Sequential(ModuleList):
+    """Modules applied in order: `Sequential(a, b, c)(x) == c(b(a(x)))`."""
+
+    def __init__(self, *modules, dtype=np.float32):
+        super().__init__(modules, dtype=dtype)
+
+    def forward(self, x):
+        for module in self:
+            x = module(x)
+        return x

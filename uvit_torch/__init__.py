@@ -1,0 +1,12 @@
+"""uvit_torch: the PyTorch port of uvit_numpy, with the same class and parameter names."""
+
+from . import functional
+from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
+                     GlobalResponseNorm, LayerNorm, Linear, QKVAttention, RMSNorm, SiLU,
+                     TimestepEmbedding)
+
+__all__ = [
+    "functional", "Linear", "Embedding", "LayerNorm", "RMSNorm", "GlobalResponseNorm", "SiLU",
+    "GELU", "GEGLU", "Dropout", "Conv2d", "ConvTranspose2d", "Attention", "QKVAttention",
+    "TimestepEmbedding",
+]

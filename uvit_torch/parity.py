@@ -1,0 +1,124 @@
+"""The parity report: every op and model, computed by `uvit_numpy` and by `uvit_torch`, compared.
+
+    python -m uvit_torch.parity                 # every case, float64 and float32, batch 1 and 3
+    python -m uvit_torch.parity --only conv     # cases whose name contains "conv"
+    python -m uvit_torch.parity --dtype float64
+
+Prints a table (name, input and output shapes, max abs and rel error, pass/fail, time in each) and
+exits 1 if any case fails its tolerance (`testing.TOLERANCE`: 1e-10 in float64, 1e-5 in float32).
+A case is a `Case(name, build)`; `build(dtype, batch)` returns `(ours, theirs, inputs)`: two
+callables and the NumPy inputs that both receive (torch gets them as tensors). The test suite
+runs the very same cases.
+"""
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .testing import TOLERANCE, compare, to_torch
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable          # (dtype, batch) -> (ours, theirs, inputs)
+    batches: tuple = (1, 3)
+    dtypes: tuple = ("float64", "float32")
+    slow: bool = False       # left out of the default report unless --all
+
+
+@dataclass
+class Row:
+    name: str
+    dtype: str
+    batch: int
+    in_shapes: str
+    out_shape: tuple
+    max_abs: float
+    max_rel: float
+    passed: bool
+    t_ours: float
+    t_theirs: float
+    detail: str = field(default="")
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def run_case(case, dtype, batch):
+    """Build the case, run both sides on the same inputs, compare. Returns a `Row`."""
+    dtype = np.dtype(dtype)
+    ours, theirs, inputs = case.build(dtype, batch)
+    ours_out, t_ours = _timed(ours, *inputs)
+    with torch.no_grad():
+        theirs_out, t_theirs = _timed(theirs, *[to_torch(x) for x in inputs])
+    result = compare(case.name, ours_out, theirs_out)
+    tol = TOLERANCE[dtype]
+    shapes = " ".join("x".join(map(str, x.shape)) for x in inputs if isinstance(x, np.ndarray))
+    return Row(case.name, dtype.name, batch, shapes, result.shape, result.max_abs,
+               result.max_rel, result.passed(tol), t_ours, t_theirs, result.report())
+
+
+def all_cases():
+    """Every registered case: the core ops first, then the models."""
+    from . import parity_core
+    cases = list(parity_core.cases())
+    for module_name in PARITY_MODULES:
+        module = __import__(f"{__package__}.{module_name}", fromlist=["cases"])
+        cases.extend(module.cases())
+    return cases
+
+
+# Modules that add cases (each defines `cases()`); the models register here.
+PARITY_MODULES = []
+
+
+def format_table(rows):
+    head = (f"{'case':<34} {'dtype':<8} {'B':>2} {'inputs':<28} {'output':<18} "
+            f"{'max abs':>9} {'max rel':>9} {'ok':<4} {'numpy s':>8} {'torch s':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        out = "x".join(map(str, r.out_shape))
+        lines.append(
+            f"{r.name:<34} {r.dtype:<8} {r.batch:>2} {r.in_shapes[:28]:<28} {out[:18]:<18} "
+            f"{r.max_abs:>9.2e} {r.max_rel:>9.2e} {'PASS' if r.passed else 'FAIL':<4} "
+            f"{r.t_ours:>8.4f} {r.t_theirs:>8.4f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m uvit_torch.parity", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run cases whose name contains this text")
+    parser.add_argument("--dtype", choices=["float64", "float32"], action="append",
+                        help="restrict to one dtype (repeatable)")
+    parser.add_argument("--all", action="store_true", help="include slow cases")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    rows = []
+    for case in all_cases():
+        if args.only not in case.name or (case.slow and not args.all):
+            continue
+        for dtype in case.dtypes:
+            if args.dtype and dtype not in args.dtype:
+                continue
+            for batch in case.batches:
+                rows.append(run_case(case, dtype, batch))
+    print(format_table(rows))
+    failed = [r for r in rows if not r.passed]
+    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
+    for r in failed:
+        print("FAIL", r.dtype, f"B={r.batch}", r.detail)
+    return 1 if failed or not rows else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
