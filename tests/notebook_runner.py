@@ -1,0 +1,31 @@
+"""Execute a notebook top to bottom with nbclient, in its own folder, and time it.
+
+Shared by the tests of the book and of the exercise notebooks. A cell that raises fails the test
+with nbclient's report of the cell and the traceback.
+"""
+
+import os
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def execute_notebook(path, timeout=120):
+    """Run every cell of the notebook at `path`; return the wall time in seconds."""
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()
+    return time.perf_counter() - start
+
+
+def notebooks_under(folder):
+    """The .ipynb files directly in `folder` (relative to the repository root), sorted."""
+    return sorted((ROOT / folder).glob("*.ipynb"))
