@@ -5,11 +5,10 @@ Built on `torch.nn` layers; each forward first checks its input and raises the s
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from uvit_numpy.checks import (check_dim, check_floating, check_integer, check_range,
-                               check_rank)
+from uvit_numpy.checks import check_dim, check_floating, check_integer, check_range, check_rank
 
 from . import functional as UF
 
