@@ -5,9 +5,11 @@ from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, E
                      GlobalResponseNorm, LayerNorm, Linear, QKVAttention, RMSNorm, SiLU,
                      TimestepEmbedding)
 from .module import Module, ModuleList, Sequential
+from .uvit import UViT, UViTText
 
 __all__ = [
     "functional", "Module", "ModuleList", "Sequential", "Linear", "Embedding", "LayerNorm",
     "RMSNorm", "GlobalResponseNorm", "SiLU", "GELU", "GEGLU", "Dropout", "Conv2d",
     "ConvTranspose2d", "Attention", "QKVAttention", "TimestepEmbedding",
 ]
+__all__ += ["UViT", "UViTText"]

@@ -1,0 +1,513 @@
+"""U-ViT, the model of "All are Worth Words: A ViT Backbone for Diffusion Models" (2209.12152).
+
+Everything is a token: the diffusion time, the condition (a class label, or a sequence of text
+features) and the patches of the noisy image go through one plain transformer. Two things make it a
+diffusion backbone rather than a ViT: **long skips**, which hand each block of the first half's
+output to the matching block of the second half (as a U-Net's skips do), and a **3x3 convolution**
+on the predicted image, after the patches are put back together.
+
+    x (B, C, H, W) --PatchEmbed--> patches (B, L, D)
+    tokens = [label?, time, patches] + pos_embed              (B, extras + L, D)
+    depth // 2 input blocks (outputs pushed on a stack) -> 1 middle block
+    -> depth // 2 output blocks (each pops a skip: Linear(2D -> D) of [x, skip])
+    -> LayerNorm -> decoder_pred Linear(D -> P*P*C) -> drop the extras -> unpatchify -> 3x3 conv
+
+Class names, constructor arguments, defaults and state-dict keys are those of the paper's public
+code (`libs/uvit.py`, and `libs/uvit_t2i.py` for the text variant, `UViTText` here), so its released
+`.pth` checkpoints load unchanged (`uvit_torch.checkpoint` reads them and converts them to arrays).
+
+One deliberate difference: the paper's code always forms the timestep sinusoid in float32; ours
+forms it in float64 and rounds it to the model's dtype (`functional.timestep_embedding`), and
+everything else is computed in the model's dtype, so a float64 model is float64 throughout. In
+float32 the two sinusoids differ by a few float32 ulps of the argument (~3e-5 at t = 1000).
+
+Glossary: B batch, C image channels (`in_chans`), H x W image, P patch size, D `embed_dim`,
+L = (H/P)(W/P) patch tokens, S text tokens (`num_clip_token`), nh heads, hd = D / nh.
+"""
+
+import numpy as np
+
+from . import functional as F
+from .checks import (check_batch, check_dim, check_floating, check_integer, check_range,
+                     check_rank, dtype_name, is_floating, is_integer)
+from .layers import GELU, Conv2d, Dropout, Embedding, LayerNorm, Linear, QKVAttention, SiLU
+from .module import Module, ModuleList, Sequential, as_rng
+
+# --------------------------------------------------------------------------------------------------
+# The paper's configurations (the `nnet` settings of its configs/*.py; names as its checkpoints)
+# --------------------------------------------------------------------------------------------------
+_COMMON = {"mlp_ratio": 4, "qkv_bias": False, "mlp_time_embed": False}
+
+CONFIGS = {
+    "cifar10_uvit_small": dict(img_size=32, patch_size=2, in_chans=3, embed_dim=512, depth=12,
+                               num_heads=8, num_classes=-1, **_COMMON),
+    "celeba64_uvit_small": dict(img_size=64, patch_size=4, in_chans=3, embed_dim=512, depth=12,
+                                num_heads=8, num_classes=-1, **_COMMON),
+    "imagenet64_uvit_mid": dict(img_size=64, patch_size=4, in_chans=3, embed_dim=768, depth=16,
+                                num_heads=12, num_classes=1000, **_COMMON),
+    "imagenet64_uvit_large": dict(img_size=64, patch_size=4, in_chans=3, embed_dim=1024,
+                                  depth=20, num_heads=16, num_classes=1000, **_COMMON),
+    "imagenet256_uvit_large": dict(img_size=32, patch_size=2, in_chans=4, embed_dim=1024,
+                                   depth=20, num_heads=16, num_classes=1001, **_COMMON),
+    "imagenet256_uvit_huge": dict(img_size=32, patch_size=2, in_chans=4, embed_dim=1152,
+                                  depth=28, num_heads=16, num_classes=1001, conv=False, **_COMMON),
+    "imagenet512_uvit_large": dict(img_size=64, patch_size=4, in_chans=4, embed_dim=1024,
+                                   depth=20, num_heads=16, num_classes=1001, **_COMMON),
+    "imagenet512_uvit_huge": dict(img_size=64, patch_size=4, in_chans=4, embed_dim=1152,
+                                  depth=28, num_heads=16, num_classes=1001, conv=False, **_COMMON),
+    "mscoco_uvit_small": dict(img_size=32, patch_size=2, in_chans=4, embed_dim=512, depth=12,
+                              num_heads=8, clip_dim=768, num_clip_token=77, **_COMMON),
+    "mscoco_uvit_small_deep": dict(img_size=32, patch_size=2, in_chans=4, embed_dim=512,
+                                   depth=16, num_heads=8, clip_dim=768, num_clip_token=77,
+                                   **_COMMON),
+}
+"""Constructor arguments of the paper's models, by the name of their released checkpoint. The
+latent-space ImageNet models see 4-channel VAE latents (32x32 for 256px images, 64x64 for 512px);
+their 1001st class is the "no class" token of classifier-free guidance. `use_checkpoint` (gradient
+checkpointing, a training-memory option) is left out: it changes no parameter and no output."""
+
+DESCRIPTIONS = {
+    "cifar10_uvit_small": "CIFAR-10, U-ViT-S/2",
+    "celeba64_uvit_small": "CelebA 64x64, U-ViT-S/4",
+    "imagenet64_uvit_mid": "ImageNet 64x64, U-ViT-M/4",
+    "imagenet64_uvit_large": "ImageNet 64x64, U-ViT-L/4",
+    "imagenet256_uvit_large": "ImageNet 256x256 (latent), U-ViT-L/2",
+    "imagenet256_uvit_huge": "ImageNet 256x256 (latent), U-ViT-H/2",
+    "imagenet512_uvit_large": "ImageNet 512x512 (latent), U-ViT-L/4",
+    "imagenet512_uvit_huge": "ImageNet 512x512 (latent), U-ViT-H/4",
+    "mscoco_uvit_small": "MS-COCO text-to-image, U-ViT-S/2",
+    "mscoco_uvit_small_deep": "MS-COCO text-to-image, U-ViT-S/2 (deep)",
+}
+
+
+def config(name, **overrides):
+    """A copy of `CONFIGS[name]` with `overrides` applied; ValueError naming the known configs."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown U-ViT config {name!r}; expected one of {sorted(CONFIGS)}")
+    return {**CONFIGS[name], **overrides}
+
+
+def is_text_config(kwargs):
+    """True for the text-conditioned variant's arguments (they name `clip_dim`)."""
+    return "clip_dim" in kwargs or "num_clip_token" in kwargs
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks (shared with uvit_torch: they read only .shape, .dtype, .min() and .max())
+# --------------------------------------------------------------------------------------------------
+def check_image(name, x, in_chans, img_size, patch_size):
+    """x must be a floating (B, in_chans, img_size, img_size) batch of images or latents."""
+    check_floating(name, x)
+    check_rank(name, x, 4, "(B, C, H, W)")
+    check_dim(name, x, 1, in_chans, "channels (in_chans)")
+    H, W = x.shape[2], x.shape[3]
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"{name}: expected height and width that are multiples of the patch size "
+                         f"{patch_size}, got {H}x{W}")
+    if (H, W) != (img_size, img_size):
+        raise ValueError(f"{name}: expected a {img_size}x{img_size} input (img_size={img_size}; "
+                         f"pos_embed has one row per patch of that size), got {H}x{W}")
+
+
+def check_timesteps(name, timesteps, batch):
+    """timesteps must be a (B,) array of floats or integers, one per image."""
+    if not hasattr(timesteps, "dtype") or not hasattr(timesteps, "shape"):
+        raise TypeError(f"{name}: expected a (B,) array of times, got {type(timesteps).__name__}")
+    if not (is_floating(timesteps) or is_integer(timesteps)):
+        raise TypeError(f"{name}: expected float or integer times, got dtype "
+                        f"{dtype_name(timesteps)}")
+    check_rank(name, timesteps, 1, "(B,)")
+    check_batch(name, timesteps, batch)
+
+
+def check_labels(name, y, num_classes, batch):
+    """A class-conditional model (num_classes > 0) needs (B,) integer labels in [0, num_classes);
+    an unconditional one takes none."""
+    if num_classes <= 0:
+        if y is not None:
+            raise ValueError(f"{name}: this model is unconditional (num_classes={num_classes}) and "
+                             f"takes no labels, got labels of shape {tuple(y.shape)}")
+        return
+    if y is None:
+        raise ValueError(f"{name}: this model is class-conditional: expected (B,) = ({batch},) "
+                         f"integer labels in [0, {num_classes}), got None")
+    check_integer(name, y)
+    check_rank(name, y, 1, "(B,)")
+    check_batch(name, y, batch)
+    check_range(name, y, 0, num_classes)
+
+
+def check_context(name, context, batch, num_clip_token, clip_dim):
+    """The text variant needs floating (B, num_clip_token, clip_dim) text-encoder features."""
+    if context is None:
+        raise ValueError(f"{name}: expected text features of shape (B, S, clip_dim) = "
+                         f"({batch}, {num_clip_token}, {clip_dim}), got None")
+    check_floating(name, context)
+    check_rank(name, context, 3, "(B, S, clip_dim)")
+    check_batch(name, context, batch)
+    check_dim(name, context, 1, num_clip_token, "text tokens (num_clip_token)")
+    check_dim(name, context, 2, clip_dim, "features (clip_dim)")
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper's initialisation
+# --------------------------------------------------------------------------------------------------
+def trunc_normal(rng, shape, std, dtype, a=-2.0, b=2.0):
+    """N(0, std^2) redrawn until inside [a, b], timm's `trunc_normal_` with its default absolute
+    bounds (with std 0.02 they sit 100 standard deviations out, so redraws almost never happen)."""
+    out = rng.normal(0.0, std, size=shape)
+    bad = (out < a) | (out > b)
+    while bad.any():
+        out[bad] = rng.normal(0.0, std, size=int(bad.sum()))
+        bad = (out < a) | (out > b)
+    return out.astype(dtype)
+
+
+def init_uvit_(model, rng):
+    """The paper's `_init_weights`: every Linear weight ~ trunc N(0, 0.02^2) and bias 0, `pos_embed`
+    likewise; LayerNorm weight 1 and bias 0 (already so); convolutions and the label table keep
+    torch's defaults. Returns the model."""
+    for _, module in model.named_modules():
+        if isinstance(module, Linear):
+            module.weight = trunc_normal(rng, module.weight.shape, 0.02, module.dtype)
+            if module.bias is not None:
+                module.bias = np.zeros_like(module.bias)
+    model.pos_embed = trunc_normal(rng, model.pos_embed.shape, 0.02, model.dtype)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+class PatchEmbed(Module):
+    """Cut the image into P x P patches and map each to a D-dim token.
+
+    `proj` is a Conv2d(in_chans, embed_dim, kernel_size=P, stride=P): one matrix applied to every
+    patch. x: (B, C, H, W) with H, W multiples of P -> (B, L, D), tokens in row-major patch order.
+    """
+
+    def __init__(self, patch_size, in_chans=3, embed_dim=768, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        self.patch_size = patch_size
+        self.proj = Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, dtype=dtype,
+                           rng=as_rng(rng))
+
+    def forward(self, x):
+        check_floating("PatchEmbed: x", x)
+        check_rank("PatchEmbed: x", x, 4, "(B, C, H, W)")
+        P = self.patch_size
+        if x.shape[2] % P or x.shape[3] % P:
+            raise ValueError(f"PatchEmbed: expected height and width that are multiples of the "
+                             f"patch size {P}, got {x.shape[2]}x{x.shape[3]}")
+        y = self.proj(x)                                   # (B, D, H/P, W/P)
+        B, D, h, w = y.shape
+        return y.reshape(B, D, h * w).transpose(0, 2, 1)   # (B, D, h, w) -> (B, L, D)
+
+
+class Mlp(Module):
+    """timm's Mlp as the paper uses it: fc1 Linear(D, hidden) -> exact GELU -> fc2 back to D.
+
+    `drop` (dropout after each linear) acts in training mode only; the paper trains with 0.
+    x: (..., in_features) -> (..., out_features).
+    """
+
+    def __init__(self, in_features, hidden_features=None, out_features=None, drop=0.0,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = Linear(in_features, hidden_features, dtype=dtype, rng=rng)
+        self.act = GELU(dtype=dtype)
+        self.fc2 = Linear(hidden_features, out_features, dtype=dtype, rng=rng)
+        self.drop = Dropout(drop, dtype=dtype, rng=rng)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(QKVAttention):
+    """The paper's self-attention: one fused `qkv` Linear(D, 3D), split as (3, nh, hd), then
+    softmax(q k^T / sqrt(hd)) v per head and `proj` Linear(D, D). It is `layers.QKVAttention`
+    under the paper's class name (x: (B, L, D) -> (B, L, D)).
+
+    `qk_scale`, if given, replaces 1/sqrt(hd), as in the paper's "math" attention path (its
+    `F.scaled_dot_product_attention` path ignores it; every released config leaves it None).
+    """
+
+
+def long_skip(x, skip, skip_linear):
+    """A long skip connection: y = skip_linear([x, skip]), the current tokens first.
+
+    x, skip: (B, L, D); skip_linear: Linear(2D, D). Returns (B, L, D).
+    """
+    check_floating("long_skip: x", x)
+    if tuple(skip.shape) != tuple(x.shape):
+        raise ValueError(f"long_skip: expected a skip shaped like x {tuple(x.shape)}, got "
+                         f"{tuple(skip.shape)}")
+    return skip_linear(np.concatenate([x, skip], axis=-1))  # 2 x (B, L, D) -> (B, L, 2D) -> D
+
+
+def long_skip_parts(x, skip, skip_linear):
+    """The two halves of a long skip, for looking at what the skip carries.
+
+    skip_linear's weight (D, 2D) splits into W_x = W[:, :D] (acting on x) and W_s = W[:, D:] (acting
+    on the skip), so long_skip(x, skip) = x W_x^T + skip W_s^T + b. Returns (x W_x^T, skip W_s^T),
+    each (B, L, D), bias excluded.
+    """
+    D = x.shape[-1]
+    W = skip_linear.weight                                # (D, 2D)
+    return F.linear(x, W[:, :D]), F.linear(skip, W[:, D:])
+
+
+class Block(Module):
+    """A pre-norm transformer block, with a long skip in the output half of the network.
+
+        x = skip_linear([x, skip])        (only when the block has `skip_linear`)
+        x = x + attn(norm1(x))
+        x = x + mlp(norm2(x))
+
+    norm1, norm2: LayerNorm(D, eps=1e-5); attn: `Attention`; mlp: `Mlp(D, int(D * mlp_ratio))`;
+    skip_linear: Linear(2D, D) if `skip`. x, skip: (B, N, D) -> (B, N, D), N all tokens.
+    A missing skip, or a skip given to a block without `skip_linear`, is a ValueError (the paper's
+    code silently drops the latter). `use_checkpoint` is accepted for the paper's signature and
+    ignored (it only saves memory in a backward pass).
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, skip=False,
+                 use_checkpoint=False, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.norm1 = LayerNorm(dim, eps=1e-5, dtype=dtype)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                              dtype=dtype, rng=rng)
+        self.norm2 = LayerNorm(dim, eps=1e-5, dtype=dtype)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rng=rng)
+        self.skip_linear = Linear(2 * dim, dim, dtype=dtype, rng=rng) if skip else None
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x, skip=None):
+        check_floating("Block: x", x)
+        check_rank("Block: x", x, 3, "(B, N, D)")
+        if self.skip_linear is not None:
+            if skip is None:
+                raise ValueError("Block: this block has a skip_linear and expects a skip of shape "
+                                 f"{tuple(x.shape)}, got None")
+            x = long_skip(x, skip, self.skip_linear)
+        elif skip is not None:
+            raise ValueError("Block: this block has no skip_linear (skip=False) and takes no "
+                             f"skip, got one of shape {tuple(skip.shape)}")
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+class UViT(Module):
+    """U-ViT for unconditional or class-conditional noise prediction (the paper's `libs/uvit.py`).
+
+    Arguments as the paper's code: img_size, patch_size, in_chans, embed_dim (D), depth (depth // 2
+    input blocks + 1 middle + depth // 2 output blocks), num_heads, mlp_ratio, qkv_bias, qk_scale,
+    mlp_time_embed (pass the sinusoid through Linear(D, 4D) -> SiLU -> Linear(4D, D)),
+    num_classes (> 0: a label token from `label_emb`), use_checkpoint (accepted, ignored here),
+    conv (the final 3x3 conv), skip (the long skips). The paper's `norm_layer` is left out: it is
+    always LayerNorm(eps=1e-5). Plus `dtype` and `rng` (a Generator or seed) as every module here.
+
+    forward(x, timesteps, y=None): x (B, C, H, W), timesteps (B,), y (B,) ints -> (B, C, H, W).
+    The pieces are public so the book can run them one at a time: `embed` (tokens), `run_blocks`
+    (the transformer, optionally returning every block's output) and `decode` (back to an image).
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12,
+                 num_heads=12, mlp_ratio=4.0, qkv_bias=False, qk_scale=None,
+                 mlp_time_embed=False, num_classes=-1, use_checkpoint=False, conv=True, skip=True,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self._build_stem(img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
+                         rng)
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.label_emb = Embedding(num_classes, embed_dim, dtype=dtype, rng=rng)
+        self.extras = 2 if num_classes > 0 else 1          # [label,] time
+        self._build_trunk(depth, mlp_ratio, qkv_bias, qk_scale, use_checkpoint, conv, skip, rng)
+
+    # --- construction (shared with UViTText) -------------------------------------------------
+    def _build_stem(self, img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
+                    rng):
+        name = type(self).__name__
+        if img_size % patch_size:
+            raise ValueError(f"{name}: expected img_size to be a multiple of patch_size "
+                             f"{patch_size}, got {img_size}")
+        if embed_dim % num_heads:
+            raise ValueError(f"{name}: expected embed_dim to be a multiple of num_heads "
+                             f"{num_heads}, got {embed_dim}")
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.num_patches = (img_size // patch_size) ** 2
+        dt = self.dtype
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, dtype=dt, rng=rng)
+        self.time_embed = Sequential(Linear(embed_dim, 4 * embed_dim, dtype=dt, rng=rng),
+                                     SiLU(dtype=dt),
+                                     Linear(4 * embed_dim, embed_dim, dtype=dt, rng=rng),
+                                     dtype=dt) if mlp_time_embed else None
+
+    def _build_trunk(self, depth, mlp_ratio, qkv_bias, qk_scale, use_checkpoint, conv, skip, rng):
+        D, dt = self.embed_dim, self.dtype
+        self.depth, self.skip, self.conv = depth, skip, conv
+        self.pos_embed = np.zeros((1, self.extras + self.num_patches, D), dt)
+
+        def block(with_skip=False):
+            return Block(D, self.num_heads, mlp_ratio, qkv_bias, qk_scale, skip=with_skip,
+                         use_checkpoint=use_checkpoint, dtype=dt, rng=rng)
+
+        self.in_blocks = ModuleList([block() for _ in range(depth // 2)], dtype=dt)
+        self.mid_block = block()
+        self.out_blocks = ModuleList([block(skip) for _ in range(depth // 2)], dtype=dt)
+        self.norm = LayerNorm(D, eps=1e-5, dtype=dt)
+        self.patch_dim = self.patch_size ** 2 * self.in_chans
+        self.decoder_pred = Linear(D, self.patch_dim, dtype=dt, rng=rng)
+        self.final_layer = Conv2d(self.in_chans, self.in_chans, 3, padding=1, dtype=dt,
+                                  rng=rng) if conv else None
+        init_uvit_(self, rng)
+
+    @classmethod
+    def from_config(cls, name, **overrides):
+        """The paper's model `name` (a key of `CONFIGS`): a `UViT`, or a `UViTText` for the MS-COCO
+        configs. `overrides` replace config values or add `dtype`/`rng`."""
+        return from_config(name, **overrides)
+
+    # --- forward, in three public pieces -----------------------------------------------------
+    def check_inputs(self, x, timesteps, y=None):
+        """Raise a clear ValueError/TypeError for bad input, before any arithmetic."""
+        name = type(self).__name__
+        check_image(f"{name}: x", x, self.in_chans, self.img_size, self.patch_size)
+        check_timesteps(f"{name}: timesteps", timesteps, x.shape[0])
+        check_labels(f"{name}: y", y, self.num_classes, x.shape[0])
+
+    def time_token(self, timesteps):
+        """(B,) times -> (B, 1, D): the sinusoid [cos(t f_k), sin(t f_k)] (computed in float64,
+        rounded to the model dtype), through `time_embed` if the model has one."""
+        t = np.asarray(timesteps).astype(self.dtype)       # the times as the model's dtype
+        emb = F.timestep_embedding(t, self.embed_dim)      # (B, D)
+        if self.time_embed is not None:
+            emb = self.time_embed(emb)
+        return emb[:, None, :]                             # (B, D) -> (B, 1, D)
+
+    def embed(self, x, timesteps, y=None):
+        """The token sequence: [label (if class-conditional), time, patches] + pos_embed.
+
+        x: (B, C, H, W); timesteps: (B,); y: (B,) ints or None. Returns (B, extras + L, D).
+        """
+        self.check_inputs(x, timesteps, y)
+        patches = self.patch_embed(x)                      # (B, L, D)
+        tokens = [self.time_token(timesteps), patches]
+        if y is not None:
+            tokens.insert(0, self.label_emb(y)[:, None, :])  # (B, D) -> (B, 1, D), in front
+        x = np.concatenate(tokens, axis=1)                 # (B, extras + L, D)
+        return x + self.pos_embed
+
+    def run_blocks(self, x, return_activations=False):
+        """The transformer with its long skips. x: (B, N, D) -> (B, N, D).
+
+        Each input block's output is pushed on a stack; each output block pops the most recent one,
+        so out_blocks[i] receives in_blocks[-1 - i]'s output. With `return_activations`, also
+        returns {"in_blocks": [...], "mid_block": array, "out_blocks": [...]}, every block's output
+        (the in_blocks list is exactly what the long skips carry).
+        """
+        acts = {"in_blocks": [], "mid_block": None, "out_blocks": []}
+        skips = []
+        for blk in self.in_blocks:
+            x = blk(x)
+            skips.append(x)
+            acts["in_blocks"].append(x)
+        x = self.mid_block(x)
+        acts["mid_block"] = x
+        for blk in self.out_blocks:
+            skip = skips.pop()
+            x = blk(x, skip if self.skip else None)
+            acts["out_blocks"].append(x)
+        return (x, acts) if return_activations else x
+
+    def decode(self, x):
+        """Tokens back to an image: norm -> decoder_pred -> drop the extras -> unpatchify -> conv.
+
+        x: (B, extras + L, D) -> (B, C, H, W).
+        """
+        x = self.decoder_pred(self.norm(x))                # (B, extras + L, P*P*C)
+        x = x[:, self.extras:, :]                          # (B, L, P*P*C): patch tokens only
+        x = F.unpatchify(x, self.in_chans)                 # (B, C, H, W)
+        return x if self.final_layer is None else self.final_layer(x)
+
+    def forward(self, x, timesteps, y=None, return_activations=False):
+        """x: (B, C, H, W); timesteps: (B,); y: (B,) ints for a class-conditional model, else None.
+
+        Returns the prediction (B, C, H, W), and with `return_activations` also a dict of the
+        intermediate tokens: "embed" (the input of the first block) and `run_blocks`'s entries.
+        """
+        tokens = self.embed(x, timesteps, y)               # (B, extras + L, D)
+        h, acts = self.run_blocks(tokens, return_activations=True)
+        out = self.decode(h)
+        return (out, {"embed": tokens, **acts}) if return_activations else out
+
+    def extra_repr(self):
+        return (f"img_size={self.img_size}, patch_size={self.patch_size}, "
+                f"in_chans={self.in_chans}, embed_dim={self.embed_dim}, depth={self.depth}, "
+                f"num_heads={self.num_heads}, num_classes={self.num_classes}")
+
+
+class UViTText(UViT):
+    """The text-to-image U-ViT (the paper's `libs/uvit_t2i.py`): the condition is a sequence of S
+    text-encoder features (CLIP: 77 x 768) projected to width D by `context_embed`, placed after the
+    time token: tokens = [time, context_embed(context), patches] + pos_embed.
+
+    Arguments as UViT's, without num_classes, plus clip_dim and num_clip_token.
+    forward(x, timesteps, context): context (B, S, clip_dim) -> (B, C, H, W).
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12,
+                 num_heads=12, mlp_ratio=4.0, qkv_bias=False, qk_scale=None,
+                 mlp_time_embed=False, use_checkpoint=False, clip_dim=768, num_clip_token=77,
+                 conv=True, skip=True, dtype=np.float32, rng=None):
+        Module.__init__(self, dtype)
+        rng = as_rng(rng)
+        self._build_stem(img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
+                         rng)
+        self.num_classes = -1
+        self.clip_dim, self.num_clip_token = clip_dim, num_clip_token
+        self.context_embed = Linear(clip_dim, embed_dim, dtype=self.dtype, rng=rng)
+        self.extras = 1 + num_clip_token                   # time, S text tokens
+        self._build_trunk(depth, mlp_ratio, qkv_bias, qk_scale, use_checkpoint, conv, skip, rng)
+
+    def check_inputs(self, x, timesteps, context=None):
+        name = type(self).__name__
+        check_image(f"{name}: x", x, self.in_chans, self.img_size, self.patch_size)
+        check_timesteps(f"{name}: timesteps", timesteps, x.shape[0])
+        check_context(f"{name}: context", context, x.shape[0], self.num_clip_token,
+                      self.clip_dim)
+
+    def embed(self, x, timesteps, context=None):
+        """[time, text tokens, patches] + pos_embed: (B, 1 + S + L, D)."""
+        self.check_inputs(x, timesteps, context)
+        patches = self.patch_embed(x)                      # (B, L, D)
+        text = self.context_embed(context)                 # (B, S, clip_dim) -> (B, S, D)
+        x = np.concatenate([self.time_token(timesteps), text, patches], axis=1)  # (B, 1+S+L, D)
+        return x + self.pos_embed
+
+    def forward(self, x, timesteps, context=None, return_activations=False):
+        """x: (B, C, H, W); timesteps: (B,); context: (B, S, clip_dim). Returns (B, C, H, W)."""
+        return super().forward(x, timesteps, context, return_activations)
+
+    def extra_repr(self):
+        return (f"img_size={self.img_size}, patch_size={self.patch_size}, "
+                f"in_chans={self.in_chans}, embed_dim={self.embed_dim}, depth={self.depth}, "
+                f"num_heads={self.num_heads}, clip_dim={self.clip_dim}, "
+                f"num_clip_token={self.num_clip_token}")
+
+
+def from_config(name, **overrides):
+    """Build the paper's model `name` (see `CONFIGS`); `overrides` may change any argument and add
+    `dtype` and `rng`. Returns a UViT, or a UViTText for the text-to-image configs."""
+    kwargs = config(name, **overrides)
+    return UViTText(**kwargs) if is_text_config(kwargs) else UViT(**kwargs)
