@@ -4,9 +4,11 @@ from . import functional
 from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
                      GlobalResponseNorm, LayerNorm, Linear, QKVAttention, RMSNorm, SiLU,
                      TimestepEmbedding)
+from .uvit import UViT, UViTText
 
 __all__ = [
     "functional", "Linear", "Embedding", "LayerNorm", "RMSNorm", "GlobalResponseNorm", "SiLU",
     "GELU", "GEGLU", "Dropout", "Conv2d", "ConvTranspose2d", "Attention", "QKVAttention",
     "TimestepEmbedding",
 ]
+__all__ += ["UViT", "UViTText"]

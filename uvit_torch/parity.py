@@ -78,7 +78,7 @@ def all_cases():
 
 
 # Modules that add cases (each defines `cases()`); the models register here.
-PARITY_MODULES = []
+PARITY_MODULES = ["parity_uvit"]
 
 
 def format_table(rows):

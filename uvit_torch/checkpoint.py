@@ -1,0 +1,98 @@
+"""Reading the U-ViT paper's released `.pth` checkpoints, for both packages.
+
+The released files (`cifar10_uvit_small.pth`, `imagenet256_uvit_huge.pth`, ...) are plain state
+dicts: `{key: tensor}` with the keys of the paper's `UViT`, which are ours. torch reads them safely
+with `weights_only=True` (no arbitrary pickled code runs); `to_numpy_state_dict` turns the tensors
+into arrays for `uvit_numpy` (which cannot read a `.pth` itself: it never imports torch).
+
+    from uvit_torch.checkpoint import load_pretrained
+    model = load_pretrained("cifar10_uvit_small.pth", "cifar10_uvit_small")               # torch
+    model = load_pretrained("cifar10_uvit_small.pth", "cifar10_uvit_small", backend="numpy")
+"""
+
+import numpy as np
+import torch
+
+
+def check_state_dict(owner, expected, given, strict=True):
+    """Compare a state dict with the expected one (`{key: tensor or array}`, only shapes are used).
+
+    Raises one ValueError listing every missing key, unexpected key and mis-shaped tensor (with
+    the expected and received shapes) -- the same report as `uvit_numpy.Module.load_state_dict`.
+    Missing and unexpected keys are errors only if `strict`; mis-shaped tensors always are.
+    """
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    misshaped = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
+                 for k in expected
+                 if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if misshaped:
+        problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
+    if problems:
+        raise ValueError(f"{owner}.load_state_dict: " + "; ".join(problems))
+
+
+def load_pth(path):
+    """Read a plain state-dict `.pth` on the CPU with `torch.load(weights_only=True)`.
+
+    Returns `{key: tensor}`. A file that holds something else is an error saying what was found:
+    a TypeError for a non-dict, a ValueError for a dict with non-tensor entries (a training
+    checkpoint wrapping the weights, say).
+    """
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict):
+        raise TypeError(f"load_pth: expected a state dict (dict of tensors) in {path}, got a "
+                         f"{type(sd).__name__}")
+    bad = {k: type(v).__name__ for k, v in sd.items() if not isinstance(v, torch.Tensor)}
+    if bad:
+        raise ValueError(f"load_pth: expected a plain state dict of tensors in {path}; these "
+                         f"entries are not tensors: {bad}")
+    return sd
+
+
+def to_numpy_state_dict(state_dict, dtype=None):
+    """`{key: tensor}` -> `{key: np.ndarray}` for `uvit_numpy` models (copies on the CPU).
+
+    Half-precision tensors become float32 (NumPy has no bfloat16); `dtype` casts every floating
+    array (the NumPy model also casts on loading, to its own dtype).
+    """
+    out = {}
+    for key, value in state_dict.items():
+        t = value.detach().cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()
+        arr = t.numpy().copy()
+        if dtype is not None and np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(dtype)
+        out[key] = arr
+    return out
+
+
+def load_numpy_state_dict(path, dtype=None):
+    """A `.pth` state dict as `{key: np.ndarray}`: `to_numpy_state_dict(load_pth(path))`."""
+    return to_numpy_state_dict(load_pth(path), dtype)
+
+
+def load_pretrained(path, name, backend="torch", dtype=None, **overrides):
+    """The paper's model `name` (a key of `CONFIGS`) with the weights of the `.pth` at `path`.
+
+    backend "torch" returns a `uvit_torch` model (dtype a torch dtype, default float32), "numpy" a
+    `uvit_numpy` one (dtype a NumPy dtype, default float32). Both in eval mode. Key and shape
+    mismatches raise one ValueError listing them all.
+    """
+    if backend == "torch":
+        from . import uvit
+        model = uvit.from_config(name, dtype=dtype, **overrides)
+        model.load_state_dict(load_pth(path))
+    elif backend == "numpy":
+        from uvit_numpy import uvit as nuvit
+        model = nuvit.from_config(name, dtype=np.float32 if dtype is None else dtype, **overrides)
+        model.load_state_dict(load_numpy_state_dict(path))
+    else:
+        raise ValueError(f"load_pretrained: expected backend 'torch' or 'numpy', got {backend!r}")
+    return model.eval()
