@@ -1,0 +1,25 @@
+"""Coursework: exercises on the blocks of U-ViT and aMUSEd, and a checker that explains mistakes.
+
+From a notebook:
+
+    from uvit_numpy.exercises import check
+    assert check("rms_norm", rms_norm)      # prints what failed, with hints; truthy if all passed
+
+From the shell:
+
+    python -m uvit_numpy.exercises list                  # names and one-line descriptions
+    python -m uvit_numpy.exercises check NAME FILE       # FILE: a .py or .ipynb defining NAME
+    python -m uvit_numpy.exercises grade FILE_OR_DIR     # every exercise found, a score table
+    python -m uvit_numpy.exercises release OUTDIR        # the student notebooks, no solutions
+
+The exercise notebooks live in book/exercises; `catalogue.EXERCISES` lists the exercises in course
+order, each with its reference, its cases and the mistakes its checker recognises.
+"""
+
+# Importing the theme modules registers their exercises (the catalogue orders them by notebook).
+from . import amused, attention, convolutions, norms_and_activations, tokens  # noqa: F401
+from .catalogue import EXERCISES, Case, Exercise, Mistake, get_exercise
+from .checker import CheckResult, check, run_checks
+
+__all__ = ["EXERCISES", "Case", "CheckResult", "Exercise", "Mistake", "check", "get_exercise",
+           "run_checks"]
