@@ -1,0 +1,248 @@
+"""Realistic wrong solutions, written the way a student would, fail with the intended hint.
+
+Each function below makes one classic mistake; the checker must reject it and name that mistake
+(the key of the hint). They are written independently of the variants inside the package, so
+these tests show that the diagnosis works on code it has never seen.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+import uvit_numpy.functional as F
+from uvit_numpy.exercises import EXERCISES, check
+
+
+# --- 01: patches and time -----------------------------------------------------------------------
+def patchify_channels_first(x, patch_size):
+    B, C, H, W = x.shape
+    P = patch_size
+    x = x.reshape(B, C, H // P, P, W // P, P).transpose(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p1, p2)
+    return x.reshape(B, -1, C * P * P)
+
+
+def unpatchify_plain_reshape(x, channels):
+    B, L, D = x.shape
+    side = math.isqrt(L) * math.isqrt(D // channels)
+    return x.reshape(B, channels, side, side)
+
+
+def timestep_embedding_sin_first(timesteps, dim, max_period=10000):
+    half = dim // 2
+    freqs = np.exp(-math.log(max_period) * np.arange(half) / half)
+    args = timesteps[:, None] * freqs[None]
+    emb = np.concatenate([np.sin(args), np.cos(args)], axis=1)
+    if dim % 2:
+        emb = np.concatenate([emb, np.zeros((len(timesteps), 1))], axis=1)
+    return emb
+
+
+def timestep_embedding_no_pad(timesteps, dim, max_period=10000):
+    half = dim // 2
+    args = timesteps[:, None] * np.exp(-math.log(max_period) * np.arange(half) / half)
+    return np.concatenate([np.cos(args), np.sin(args)], axis=1)
+
+
+# --- 02: norms and activations ------------------------------------------------------------------
+def layer_norm_unbiased(x, weight, bias, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    var = x.var(-1, ddof=1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * weight + bias
+
+
+def layer_norm_one_pass(x, weight, bias, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    var = (x ** 2).mean(-1, keepdims=True) - mu ** 2
+    return (x - mu) / np.sqrt(var + eps) * weight + bias
+
+
+def rms_norm_eps_outside(x, weight, eps=1e-6):
+    rms = np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True))
+    return x / (rms + eps) * weight
+
+
+def grn_eps_inside(x, gamma, beta, eps=1e-6):
+    g = np.sqrt((x ** 2).sum(axis=(1, 2), keepdims=True) + eps)
+    return gamma * (x * g / g.mean(axis=-1, keepdims=True)) + beta + x
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def softmax_naive(x, axis=-1):
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# --- 03: attention and the U-ViT block ----------------------------------------------------------
+def sdpa_unscaled(q, k, v):
+    s = q @ np.swapaxes(k, -1, -2)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    return (s / s.sum(-1, keepdims=True)) @ v
+
+
+def mha_interleaved_heads(x, params, heads, context=None):
+    c = x if context is None else context
+    q, k, v = (t @ params[f"to_{n}.weight"].T for n, t in (("q", x), ("k", c), ("v", c)))
+    B, L, I = q.shape
+    hd = I // heads
+    q = q.reshape(B, L, hd, heads).transpose(0, 3, 1, 2)          # the classic slip
+    k = k.reshape(B, -1, hd, heads).transpose(0, 3, 1, 2)
+    v = v.reshape(B, -1, hd, heads).transpose(0, 3, 1, 2)
+    o = F.scaled_dot_product_attention(q, k, v)                    # (B, nh, L, hd)
+    o = o.transpose(0, 2, 3, 1).reshape(B, L, I)
+    return o @ params["to_out.0.weight"].T + params["to_out.0.bias"]
+
+
+def uvit_block_skip_first(x, params, num_heads, skip=None):
+    p = params
+    if skip is not None:
+        x = F.linear(np.concatenate([skip, x], -1), p["skip_linear.weight"], p["skip_linear.bias"])
+    B, L, D = x.shape
+    h = F.layer_norm(x, p["norm1.weight"], p["norm1.bias"])
+    qkv = (h @ p["attn.qkv.weight"].T).reshape(B, L, 3, num_heads, D // num_heads)
+    q, k, v = qkv.transpose(2, 0, 3, 1, 4)
+    o = F.merge_heads(F.scaled_dot_product_attention(q, k, v))
+    x = x + F.linear(o, p["attn.proj.weight"], p["attn.proj.bias"])
+    h = F.layer_norm(x, p["norm2.weight"], p["norm2.bias"])
+    return x + F.linear(F.gelu(F.linear(h, p["mlp.fc1.weight"], p["mlp.fc1.bias"])),
+                        p["mlp.fc2.weight"], p["mlp.fc2.bias"])
+
+
+# --- 04: convolutions ---------------------------------------------------------------------------
+def conv2d_true_convolution(x, weight, bias, stride=1, padding=0):
+    return F.conv2d(x, np.flip(weight, axis=(2, 3)), bias, stride=stride, padding=padding)
+
+
+def conv2d_channel_last(x, weight, bias, stride=1, padding=0):
+    return np.moveaxis(F.conv2d(x, weight, bias, stride=stride, padding=padding), 1, -1)
+
+
+def depthwise_sums_channels(x, weight, bias, padding=1):
+    B, C, H, W = x.shape
+    k = weight.shape[-1]
+    xs = np.pad(x.sum(axis=1, keepdims=True), ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2))
+    Ho, Wo = H + 2 * padding - k + 1, W + 2 * padding - k + 1
+    y = np.zeros((B, C, Ho, Wo))
+    for a in range(k):
+        for d in range(k):
+            y += xs[:, :, a:a + Ho, d:d + Wo] * weight[:, 0, a, d][:, None, None]
+    return y + bias[:, None, None]
+
+
+def conv_transpose_out_in(x, weight, bias):
+    B, C, H, W = x.shape
+    y = np.einsum("bchw,ocij->bohiwj", x, weight)                 # reads weight as (O, C, 2, 2)
+    return y.reshape(B, -1, 2 * H, 2 * W) + bias[:, None, None]
+
+
+# --- 05: aMUSEd blocks --------------------------------------------------------------------------
+def conv_embed_layer_norm(input_ids, params, eps=1e-6):
+    x = params["embeddings.weight"][input_ids]
+    x = F.layer_norm(x, params["layer_norm.weight"], None, eps=eps)
+    return x @ params["conv.weight"][:, :, 0, 0].T + params["conv.bias"]
+
+
+def ada_rms_norm_shift_first(x, c, params, eps=1e-6):
+    m = F.silu(c) @ params["linear.weight"].T + params["linear.bias"]
+    shift, scale = np.split(m, 2, axis=-1)
+    return F.rms_norm(x, params["norm.weight"], eps=eps) * (1 + scale[:, None]) + shift[:, None]
+
+
+def convnext_film_then_residual(x, c, params, eps=1e-6):
+    p = params
+    C = x.shape[-1]
+    h = F.conv2d(x.transpose(0, 3, 1, 2), p["depthwise.weight"], p["depthwise.bias"], padding=1,
+                 groups=C).transpose(0, 2, 3, 1)
+    h = F.rms_norm(h, p["norm.weight"], eps=eps)
+    h = F.gelu(F.linear(h, p["channelwise_linear_1.weight"], p["channelwise_linear_1.bias"]))
+    h = F.global_response_norm(h, p["channelwise_norm.gamma"], p["channelwise_norm.beta"])
+    h = F.linear(h, p["channelwise_linear_2.weight"], p["channelwise_linear_2.bias"])
+    scale, shift = np.split(F.linear(F.silu(c), p["cond_embeds_mapper.weight"],
+                                     p["cond_embeds_mapper.bias"]), 2, axis=-1)
+    return h * (1 + scale[:, None, None]) + shift[:, None, None] + x
+
+
+def _decode(logits, tokens, step, num_steps, mask_token_id, temperature, u_sample, u_gumbel,
+            argmax=False, protect=True):
+    B, K, H, W = logits.shape
+    probs = F.softmax(logits.reshape(B, K, H * W).transpose(0, 2, 1))      # (B, L, K)
+    tok = tokens.reshape(B, -1)
+    masked = tok == mask_token_id
+    if argmax:
+        drawn = probs.argmax(-1)
+    else:
+        drawn = (np.cumsum(probs, -1) < u_sample.reshape(B, -1, 1)).sum(-1).clip(0, K - 1)
+    pred = np.where(masked, drawn, tok)
+    if step == num_steps - 1:
+        return pred.reshape(tokens.shape), pred.reshape(tokens.shape)
+    n = int(H * W * math.cos(math.pi / 2 * (step + 1) / num_steps))
+    n = np.clip(np.minimum(masked.sum(-1) - 1, n), 1, None)
+    conf = np.log(np.take_along_axis(probs, pred[..., None], -1)[..., 0])
+    conf = conf - temperature * np.log(-np.log(u_gumbel.reshape(B, -1)))
+    if protect:
+        conf[~masked] = np.inf
+    cut = np.sort(conf, -1)[np.arange(B), n][:, None]
+    nxt = np.where(conf < cut, mask_token_id, pred)
+    return nxt.reshape(tokens.shape), pred.reshape(tokens.shape)
+
+
+def decode_remasks_known(*args):
+    return _decode(*args, protect=False)
+
+
+def decode_argmax(*args):
+    return _decode(*args, argmax=True)
+
+
+WRONG = [
+    ("patchify", patchify_channels_first, "channels_first_in_patch"),
+    ("unpatchify", unpatchify_plain_reshape, "plain_reshape"),
+    ("timestep_embedding", timestep_embedding_sin_first, "sin_cos_swapped"),
+    ("timestep_embedding", timestep_embedding_no_pad, "odd_dim_not_padded"),
+    ("layer_norm", layer_norm_unbiased, "unbiased_variance"),
+    ("layer_norm", layer_norm_one_pass, "one_pass_variance"),
+    ("rms_norm", rms_norm_eps_outside, "eps_outside_sqrt"),
+    ("global_response_norm", grn_eps_inside, "eps_inside_sqrt"),
+    ("gelu", gelu_tanh, "tanh_approximation"),
+    ("softmax", softmax_naive, "no_max_subtraction"),
+    ("scaled_dot_product_attention", sdpa_unscaled, "missing_scale"),
+    ("multi_head_attention", mha_interleaved_heads, "heads_interleaved"),
+    ("uvit_block", uvit_block_skip_first, "skip_order_swapped"),
+    ("conv2d", conv2d_true_convolution, "kernel_flipped"),
+    ("conv2d", conv2d_channel_last, "transposed_axes"),
+    ("depthwise_conv2d", depthwise_sums_channels, "channels_mixed"),
+    ("conv_transpose2x2", conv_transpose_out_in, "weight_axes_swapped"),
+    ("uvit2d_conv_embed", conv_embed_layer_norm, "layer_norm_instead"),
+    ("ada_rms_norm", ada_rms_norm_shift_first, "shift_scale_swapped"),
+    ("convnext_block", convnext_film_then_residual, "film_before_residual"),
+    ("masked_decoding_step", decode_remasks_known, "known_tokens_remasked"),
+    ("masked_decoding_step", decode_argmax, "argmax_not_sampled"),
+]
+
+
+@pytest.mark.parametrize("name, fn, hint", WRONG, ids=[f"{n}-{h}" for n, _, h in WRONG])
+def test_wrong_solution_fails_with_the_intended_hint(name, fn, hint, capsys):
+    result = check(name, fn)
+    printed = capsys.readouterr().out
+    assert not result and result.status == "failed"
+    assert hint in result.diagnoses, result.report()
+    assert f"[{hint}]" in printed                     # the hint reaches the student's screen
+
+
+def test_every_exercise_has_a_wrong_solution_here():
+    assert {name for name, _, _ in WRONG} == set(EXERCISES)
+
+
+def test_the_two_decoding_helpers_pass_when_done_right():
+    """The student-style decoder above is right with its switches off: its failures come from the
+    one mistake each wrong version makes, not from anything else in it."""
+    assert check("masked_decoding_step", _decode, verbose=False)
+
+
+def test_mistaken_gelu_formulas_are_told_apart():
+    no_sqrt2 = check("gelu", lambda x: 0.5 * x * (1 + erf(x)), verbose=False)
+    assert no_sqrt2.diagnoses == {"erf_without_sqrt2"}
