@@ -206,6 +206,13 @@ def test_a_constant_factor_is_spotted_when_no_known_mistake_matches():
     assert "3 times" in result.hints[0]
 
 
+def test_float32_output_from_float64_input_is_explained():
+    import uvit_numpy.functional as F
+    result = check("softmax", lambda x, axis=-1: F.softmax(x.astype(np.float32), axis=axis),
+                   verbose=False)
+    assert not result and "float32_precision" in result.diagnoses
+
+
 def test_unknown_names_and_non_functions_are_refused():
     with pytest.raises(ValueError, match="rms_norm"):
         check("rms_nrom", lambda x: x)

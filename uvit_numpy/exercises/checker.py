@@ -9,7 +9,8 @@ cause in this order:
    evaluated on the same inputs; if the student's output matches one (and the reference does not),
    its hint is reported;
 2. generic causes: a wrong output shape, axes in the wrong order (some transpose of the student's
-   output equals the expected one), a constant factor, NaN or inf where the answer is finite.
+   output equals the expected one), float32 output from float64 input, NaN or inf where the
+   answer is finite, a constant factor.
 
 A function that raises `NotImplementedError` on the first case is "not attempted"; any other
 exception is reported with its message and the line that raised it, never crashing the checker.
@@ -313,6 +314,12 @@ def _generic_diagnosis(ours, ref, exact):
                 found.append(("wrong_shape", (f"the output shape is wrong: expected {b.shape}, "
                                               f"got {a.shape}. Work out the shape of every "
                                               f"intermediate with the docstring.")))
+            continue
+        if not exact and a.dtype == np.float32 and b.dtype == np.float64:
+            found.append(("float32_precision",
+                          ("your output is float32 but the inputs are float64, so it carries only "
+                           "about 7 digits: keep the computation in the inputs' dtype (no "
+                           "np.float32 arrays or astype(np.float32) along the way).")))
             continue
         if not exact and np.isfinite(b).all() and not np.isfinite(a).all():
             found.append(("non_finite", ("NaN or inf appear where the answer is finite: an "
