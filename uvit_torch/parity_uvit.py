@@ -33,7 +33,7 @@ def randomize_uvit_(module, seed=0):
     Returns the module."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in module.named_parameters():
-        noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
         if name.endswith("pos_embed") or name.startswith("label_emb"):
             value = 0.5 * noise
         elif p.ndim >= 2:
@@ -42,15 +42,16 @@ def randomize_uvit_(module, seed=0):
             value = 1.0 + 0.2 * noise
         else:
             value = 0.2 * noise
-        p.copy_(value.to(p.dtype))
+        p.copy_(value)
     return module
 
 
 def uvit_pair(torch_cls, numpy_cls, args=(), kwargs=None, dtype=np.float64, seed=0):
     """(numpy_module, torch_module) holding the same random weights (eval mode)."""
     dtype, kwargs = np.dtype(dtype), kwargs or {}
-    theirs = torch_cls(*args, dtype=TORCH_DTYPE[dtype], **kwargs).eval()
-    randomize_uvit_(theirs, seed)
+    with torch.device("meta"):                # skip torch's init: every value is redrawn below
+        theirs = torch_cls(*args, dtype=TORCH_DTYPE[dtype], **kwargs)
+    theirs = randomize_uvit_(theirs.to_empty(device="cpu"), seed).eval()
     ours = numpy_cls(*args, dtype=dtype, **kwargs).eval()
     ours.load_state_dict(numpy_state_dict(theirs))
     return ours, theirs
