@@ -6,6 +6,9 @@ from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, E
                      TimestepEmbedding)
 from .module import Module, ModuleList, Sequential
 from .uvit import UViT, UViTText
+from .uvit2d import (AdaLayerNormContinuous, BasicTransformerBlock, ConvMlmLayer, ConvNextBlock,
+                     Downsample2D, FeedForward, SkipFFTransformerBlock, Upsample2D,
+                     UVit2DConvEmbed, UVit2DModel, UVitBlock)
 
 __all__ = [
     "functional", "Module", "ModuleList", "Sequential", "Linear", "Embedding", "LayerNorm",
@@ -13,3 +16,6 @@ __all__ = [
     "ConvTranspose2d", "Attention", "QKVAttention", "TimestepEmbedding",
 ]
 __all__ += ["UViT", "UViTText"]
+__all__ += ["UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
+            "SkipFFTransformerBlock", "BasicTransformerBlock", "FeedForward",
+            "AdaLayerNormContinuous", "Downsample2D", "Upsample2D"]

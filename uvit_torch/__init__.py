@@ -5,6 +5,9 @@ from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, E
                      GlobalResponseNorm, LayerNorm, Linear, QKVAttention, RMSNorm, SiLU,
                      TimestepEmbedding)
 from .uvit import UViT, UViTText
+from .uvit2d import (AdaLayerNormContinuous, BasicTransformerBlock, ConvMlmLayer, ConvNextBlock,
+                     Downsample2D, FeedForward, SkipFFTransformerBlock, Upsample2D,
+                     UVit2DConvEmbed, UVit2DModel, UVitBlock)
 
 __all__ = [
     "functional", "Linear", "Embedding", "LayerNorm", "RMSNorm", "GlobalResponseNorm", "SiLU",
@@ -12,3 +15,6 @@ __all__ = [
     "TimestepEmbedding",
 ]
 __all__ += ["UViT", "UViTText"]
+__all__ += ["UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
+            "SkipFFTransformerBlock", "BasicTransformerBlock", "FeedForward",
+            "AdaLayerNormContinuous", "Downsample2D", "Upsample2D"]

@@ -1,0 +1,1077 @@
+"""`UVit2DModel`, the transformer of aMUSEd, in NumPy: every block, weight-compatible with diffusers.
+
+The model predicts, for every position of a grid of VQ token ids (some of them the mask token),
+logits over the `codebook_size` codes. It is conditioned on text (per-token CLIP features, attended
+to; a pooled CLIP feature and a few "micro-conditions", added through adaptive norms). The pieces,
+in the order the forward pass meets them (spec: `shared/specs/uvit2d.md`):
+
+    ids (B, H, W) --embed--> (B, H, W, C) --down_block--> --project_to_hidden--> (B, L, D)
+      --transformer_layers x N--> --project_from_hidden--> (B, H, W, C) --up_block-->
+      --mlm_layer--> logits (B, K, H, W)
+
+Layout: the blocks work **channel-last**, (B, H, W, C), in both packages (diffusers uses
+(B, C, H, W) between blocks; the numbers are the same, only the axis order differs). Only the model's
+input ids (B, H, W) and output logits (B, K, H, W) follow diffusers exactly.
+
+Class names, constructor arguments, defaults and parameter names are diffusers', so a state dict
+moves between diffusers, `uvit_torch` and this package unchanged. Every module also takes `dtype`
+(float32 by default, float64 for exact parity runs) and `rng` (a Generator or a seed).
+
+Numerics, said aloud:
+* every norm and sinusoid is computed in the model's dtype (diffusers computes RMSNorm's mean square
+  and the micro-condition sinusoid in float32 even in a float64 model; we don't);
+* GELU is the exact erf form. float64 uses `scipy.special.erf`; float32 uses the Abramowitz-Stegun
+  7.1.26 rational approximation (|error| <= 1.5e-7, below float32 resolution near 1), evaluated
+  in small in-place chunks, because an exact erf costs more than all the non-GEMM work together;
+* every matmul goes through BLAS (`@`), and float32 stays float32 (Python-float constants only).
+
+Helpers meant for the book and the exercises: `gelu`, `geglu`, `adaptive_modulation`,
+`scale_shift`, `depthwise_conv3x3`, `downsample_2x2`, `upsample_2x2`, `micro_conditioning`,
+`mask_schedule`, `gumbel_noise`, `masked_decoding_step` and `generate`.
+"""
+
+import math
+
+import numpy as np
+
+from . import functional as F
+from .checks import (check_batch, check_dim, check_floating, check_integer, check_range,
+                     check_rank, dtype_name, is_floating, is_integer)
+from .layers import (GEGLU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
+                     GlobalResponseNorm, LayerNorm, Linear, RMSNorm, SiLU, TimestepEmbedding,
+                     to_module_dtype)
+from .module import Module, ModuleList, as_rng
+
+__all__ = [
+    "CONFIGS", "CONFIG_DEFAULTS", "resolve_config", "check_model_inputs",
+    "erf_float32", "gelu", "geglu", "adaptive_modulation", "scale_shift", "depthwise_conv3x3",
+    "downsample_2x2", "upsample_2x2", "micro_conditioning", "mask_schedule", "gumbel_noise",
+    "masked_decoding_step", "generate",
+    "UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
+    "SkipFFTransformerBlock", "BasicTransformerBlock", "Attention", "FeedForward",
+    "AdaLayerNormContinuous", "TimestepEmbedding", "Downsample2D", "Upsample2D",
+]
+
+# --------------------------------------------------------------------------------------------------
+# Configurations
+# --------------------------------------------------------------------------------------------------
+# The constructor arguments of diffusers' `UVit2DModel` and their defaults.
+CONFIG_DEFAULTS = {
+    "hidden_size": 1024, "use_bias": False, "hidden_dropout": 0.0,
+    "cond_embed_dim": 768, "micro_cond_encode_dim": 256, "micro_cond_embed_dim": 1280,
+    "encoder_hidden_size": 768, "vocab_size": 8256, "codebook_size": 8192,
+    "in_channels": 768, "block_out_channels": 768, "num_res_blocks": 3,
+    "downsample": False, "upsample": False, "block_num_heads": 12,
+    "num_hidden_layers": 22, "num_attention_heads": 16, "attention_dropout": 0.0,
+    "intermediate_size": 2816, "layer_norm_eps": 1e-6, "ln_elementwise_affine": True,
+    "sample_size": 64,
+}
+
+# The published aMUSEd transformers (amused/amused-256 and amused/amused-512 on the Hugging Face
+# Hub). Both are 22 layers of width 1024 on a 768-channel conv stage; the 512 model halves its
+# 32 x 32 token grid in the conv stage (downsample/upsample) so the transformer sees 16 x 16 tokens.
+# `sample_size` is the token grid side (unused by the model). Dropout only acts in train mode.
+CONFIGS = {
+    "amused-256": {**CONFIG_DEFAULTS, "hidden_dropout": 0.1, "attention_dropout": 0.1,
+                   "sample_size": 16},
+    "amused-512": {**CONFIG_DEFAULTS, "hidden_dropout": 0.1, "attention_dropout": 0.1,
+                   "downsample": True, "upsample": True, "sample_size": 32},
+    # Small enough for tests, notebooks and exercises (spec section 5.1), with every optional piece
+    # on: the kv_mapper (hidden_size != block_out_channels) and the down/up samplers.
+    "tiny": {**CONFIG_DEFAULTS, "hidden_size": 64, "block_out_channels": 32, "in_channels": 16,
+             "vocab_size": 40, "codebook_size": 32, "num_res_blocks": 2, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "block_num_heads": 2, "intermediate_size": 96,
+             "cond_embed_dim": 24, "micro_cond_encode_dim": 8, "micro_cond_embed_dim": 40,
+             "encoder_hidden_size": 24, "downsample": True, "upsample": True, "sample_size": 8},
+}
+
+
+def resolve_config(config=None, **overrides):
+    """A complete `UVit2DModel` config dict from a name in `CONFIGS`, a dict, or None (defaults).
+
+    Keys diffusers writes for itself (starting with `_`: `_class_name`, `_diffusers_version`, ...)
+    are dropped; any other key the model does not know is a ValueError that names it. Missing keys
+    take diffusers' defaults. `overrides` are applied last (e.g. `resolve_config("tiny",
+    use_bias=True)`).
+    """
+    if config is None:
+        config = {}
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            raise ValueError(f"config: expected one of {sorted(CONFIGS)}, got {config!r}")
+        config = CONFIGS[config]
+    if not isinstance(config, dict):
+        raise TypeError(f"config: expected a name or a dict, got {type(config).__name__}")
+    given = {k: v for k, v in {**config, **overrides}.items() if not str(k).startswith("_")}
+    unknown = sorted(k for k in given if k not in CONFIG_DEFAULTS)
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {unknown} for UVit2DModel; "
+                         f"expected keys among {sorted(CONFIG_DEFAULTS)}")
+    return {**CONFIG_DEFAULTS, **given}
+
+
+def _size(x):
+    """Number of elements of an array or a tensor (`.size` is a method on torch tensors)."""
+    return math.prod(tuple(x.shape))
+
+
+def check_model_inputs(config, input_ids, encoder_hidden_states, pooled_text_emb, micro_conds):
+    """Check the four inputs of `UVit2DModel.forward` against `config`, before any work.
+
+    Works on NumPy arrays and torch tensors alike (both packages call it). Returns (B, H, W).
+    input_ids: (B, H, W) integers in [0, vocab_size); H and W even if `downsample`.
+    encoder_hidden_states: (B, S, encoder_hidden_size) floats. pooled_text_emb: (B, cond_embed_dim).
+    micro_conds: B * M numbers (normally (B, M)), with M * micro_cond_encode_dim ==
+    micro_cond_embed_dim.
+    """
+    check_integer("UVit2DModel: input_ids", input_ids)
+    check_rank("UVit2DModel: input_ids", input_ids, 3, "(B, H, W) of token ids")
+    B, H, W = tuple(input_ids.shape)
+    check_range("UVit2DModel: input_ids", input_ids, 0, config["vocab_size"])
+    if config["downsample"] and (H % 2 or W % 2):
+        raise ValueError(f"UVit2DModel: with downsample=True the token grid needs even sides, "
+                         f"got H x W = {H} x {W}")
+    check_floating("UVit2DModel: encoder_hidden_states", encoder_hidden_states)
+    check_rank("UVit2DModel: encoder_hidden_states", encoder_hidden_states, 3, "(B, S, E)")
+    check_dim("UVit2DModel: encoder_hidden_states", encoder_hidden_states, -1,
+              config["encoder_hidden_size"], "width (encoder_hidden_size)")
+    check_batch("UVit2DModel: encoder_hidden_states", encoder_hidden_states, B)
+    check_floating("UVit2DModel: pooled_text_emb", pooled_text_emb)
+    check_rank("UVit2DModel: pooled_text_emb", pooled_text_emb, 2, "(B, cond_embed_dim)")
+    check_dim("UVit2DModel: pooled_text_emb", pooled_text_emb, -1, config["cond_embed_dim"],
+              "width (cond_embed_dim)")
+    check_batch("UVit2DModel: pooled_text_emb", pooled_text_emb, B)
+    if not hasattr(micro_conds, "shape") or not (is_floating(micro_conds)
+                                                 or is_integer(micro_conds)):
+        got = dtype_name(micro_conds) if hasattr(micro_conds, "dtype") else type(micro_conds)
+        raise TypeError(f"UVit2DModel: micro_conds: expected a numeric array, got {got}")
+    enc, emb = config["micro_cond_encode_dim"], config["micro_cond_embed_dim"]
+    if emb % enc:
+        raise ValueError(f"UVit2DModel: micro_cond_embed_dim {emb} is not a multiple of "
+                         f"micro_cond_encode_dim {enc}, so no number of micro_conds fills it")
+    M = emb // enc
+    if len(micro_conds.shape) >= 2 and micro_conds.shape[0] != B:
+        raise ValueError(f"UVit2DModel: micro_conds: expected batch size {B}, got "
+                         f"{micro_conds.shape[0]} (shape {tuple(micro_conds.shape)})")
+    if _size(micro_conds) != B * M:
+        raise ValueError(f"UVit2DModel: micro_conds: expected B x M = {B} x {M} = {B * M} values "
+                         f"(M * micro_cond_encode_dim {enc} = micro_cond_embed_dim {emb}), got "
+                         f"{_size(micro_conds)} (shape {tuple(micro_conds.shape)})")
+    return B, H, W
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure functions, one idea each
+# --------------------------------------------------------------------------------------------------
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - (a1 t + ... + a5 t^5) exp(-z^2), t = 1 / (1 + p z), z >= 0
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+_CHUNK = 16384  # elements per in-place chunk: a few arrays of this size stay in L1/L2 cache
+
+
+def erf_float32(x):
+    """erf(x) by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7 (about one float32 ulp at 1).
+
+    x: any shape. Returns the same shape and dtype. Meant for float32; float64 callers should use
+    `scipy.special.erf`, which is exact to double precision.
+    """
+    check_floating("erf_float32: x", x)
+    z = np.abs(x)
+    t = 1.0 / (1.0 + _AS_P * z)
+    poly = t * (_AS_A[0] + t * (_AS_A[1] + t * (_AS_A[2] + t * (_AS_A[3] + t * _AS_A[4]))))
+    y = 1.0 - poly * np.exp(-z * z)
+    return np.copysign(y, x)
+
+
+def _gelu_float32_into(x, out, a, t, e):
+    """out = gelu(x) for a 1-d float32 chunk, using scratch arrays a, t, e of the same size.
+
+    With z = |x|/sqrt(2) and q = erfc(z)/2 = poly(t) exp(-z^2)/2 (A&S 7.1.26), the normal CDF is
+    1 - q for x >= 0 and q for x < 0, so gelu(x) = x Phi(x) = max(x, 0) - |x| q, with no branch.
+    """
+    np.abs(x, out=a)                                      # |x|
+    np.multiply(a, _AS_P / math.sqrt(2.0), out=t)
+    t += 1.0
+    np.reciprocal(t, out=t)                               # t = 1 / (1 + p |x| / sqrt 2)
+    np.multiply(a, a, out=e)
+    e *= -0.5
+    np.exp(e, out=e)                                      # exp(-x^2 / 2) = exp(-z^2)
+    np.multiply(t, _AS_A[4], out=out)                     # Horner: poly(t) built in `out`
+    for coef in (_AS_A[3], _AS_A[2], _AS_A[1], _AS_A[0]):
+        out += coef
+        out *= t
+    out *= e
+    out *= a
+    out *= 0.5                                            # |x| q
+    np.maximum(x, 0.0, out=a)
+    np.subtract(a, out, out=out)                          # max(x, 0) - |x| q
+
+
+def gelu(x):
+    """Exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), in x's dtype. Same shape as x.
+
+    float64 (and float16): `scipy.special.erf`, exact to double precision. float32: the
+    A&S 7.1.26 erf (|error| <= 1.5e-7), evaluated chunk by chunk with in-place ufuncs so the
+    temporaries stay in cache; this makes it about 6x cheaper than scipy's erf.
+    """
+    check_floating("gelu: x", x)
+    if x.dtype != np.float32:
+        return F.gelu(x)
+    xf = np.ascontiguousarray(x).reshape(-1)              # (n,) view when x is contiguous
+    out = np.empty_like(xf)
+    n = xf.size
+    a, t, e = (np.empty(min(_CHUNK, n), np.float32) for _ in range(3))
+    for s in range(0, n, _CHUNK):
+        m = min(_CHUNK, n - s)
+        _gelu_float32_into(xf[s:s + m], out[s:s + m], a[:m], t[:m], e[:m])
+    return out.reshape(x.shape)
+
+
+def geglu(u):
+    """Gated GELU as diffusers' `GEGLU`: value * gelu(gate), value the FIRST half of the last axis.
+
+    u: (..., 2F). Returns (..., F).
+    """
+    check_floating("geglu: u", u)
+    if u.shape[-1] % 2:
+        raise ValueError(f"geglu: expected an even last axis, got shape {u.shape}")
+    half = u.shape[-1] // 2
+    value, gate = u[..., :half], u[..., half:]            # (..., 2F) -> 2 x (..., F)
+    out = gelu(gate)
+    out *= value
+    return out
+
+
+def scale_shift(cond, weight, bias=None):
+    """(scale, shift) from a conditioning vector, as diffusers' adaptive norms compute them.
+
+    cond: (B, D). weight: (2C, D), bias: (2C,) or None. Returns two (B, C) arrays:
+    [scale; shift] = Lin(silu(cond)), split on the last axis, **scale first**.
+    """
+    m = F.linear(F.silu(cond), weight, bias)              # (B, 2C)
+    C = m.shape[-1] // 2
+    return m[:, :C], m[:, C:]                             # (B, 2C) -> 2 x (B, C)
+
+
+def adaptive_modulation(x, scale, shift):
+    """FiLM-style modulation: x * (1 + scale) + shift, one (scale, shift) per sample.
+
+    x: (B, ..., C), e.g. (B, L, C) tokens or (B, H, W, C) pixels. scale, shift: (B, C).
+    Returns an array shaped like x.
+    """
+    check_floating("adaptive_modulation: x", x)
+    B, C = x.shape[0], x.shape[-1]
+    if scale.shape != (B, C) or shift.shape != (B, C):
+        raise ValueError(f"adaptive_modulation: expected scale and shift of shape {(B, C)}, got "
+                         f"{tuple(scale.shape)} and {tuple(shift.shape)}")
+    shape = (B,) + (1,) * (x.ndim - 2) + (C,)
+    y = x * (1.0 + scale.reshape(shape))                  # (B, C) -> (B, 1.., C), broadcast
+    y += shift.reshape(shape)
+    return y
+
+
+def depthwise_conv3x3(x, weight, bias=None):
+    """3x3 depthwise convolution, zero padding 1, channel-last: each channel has its own kernel.
+
+    x: (B, H, W, C). weight: (C, 1, 3, 3) as torch stores it. bias: (C,) or None. Returns (B, H, W, C):
+    y[b, i, j, c] = bias[c] + sum_{a, d in 0..2} weight[c, 0, a, d] x[b, i + a - 1, j + d - 1, c]
+    (a cross-correlation, no kernel flip), computed as nine shifted multiply-adds.
+    """
+    check_floating("depthwise_conv3x3: x", x)
+    check_rank("depthwise_conv3x3: x", x, 4, "(B, H, W, C)")
+    B, H, W, C = x.shape
+    if weight.shape != (C, 1, 3, 3):
+        raise ValueError(f"depthwise_conv3x3: expected weight (C, 1, 3, 3) = {(C, 1, 3, 3)}, "
+                         f"got {tuple(weight.shape)}")
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))      # (B, H+2, W+2, C)
+    k = weight[:, 0].transpose(1, 2, 0)                   # (C, 3, 3) -> (3, 3, C)
+    y = xp[:, 0:H, 0:W] * k[0, 0]
+    for a in range(3):
+        for d in range(3):
+            if a or d:
+                y += xp[:, a:a + H, d:d + W] * k[a, d]
+    if bias is not None:
+        y += bias
+    return y
+
+
+def downsample_2x2(x, weight, bias=None):
+    """The 2x2, stride-2 convolution of aMUSEd's `Downsample2D`, channel-last, as one GEMM.
+
+    x: (B, H, W, C). weight: (O, C, 2, 2) as torch stores it. bias: (O,) or None.
+    Returns (B, ceil(H/2), ceil(W/2), O). Like diffusers (which pads one zero row at the bottom
+    and one zero column on the right before the convolution), an odd side is zero-padded.
+    Each output pixel sees one non-overlapping 2x2 patch, so the convolution is a reshape into
+    patches followed by a single matrix product.
+    """
+    check_floating("downsample_2x2: x", x)
+    check_rank("downsample_2x2: x", x, 4, "(B, H, W, C)")
+    B, H, W, C = x.shape
+    O = weight.shape[0]
+    if weight.shape != (O, C, 2, 2):
+        raise ValueError(f"downsample_2x2: expected weight (O, C, 2, 2) with C = {C}, "
+                         f"got {tuple(weight.shape)}")
+    x = np.pad(x, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))  # (B, 2h, 2w, C)
+    h, w = (H + 1) // 2, (W + 1) // 2
+    patches = x.reshape(B, h, 2, w, 2, C)                 # (B, h, a, w, d, C)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5)         # (B, h, w, a, d, C)
+    patches = patches.reshape(B, h, w, 4 * C)             # (B, h, w, (a, d, C))
+    wmat = weight.transpose(0, 2, 3, 1).reshape(O, 4 * C)  # (O, C, a, d) -> (O, (a, d, C))
+    return F.linear(patches, wmat, bias)                  # (B, h, w, O)
+
+
+def upsample_2x2(x, weight, bias=None):
+    """The 2x2, stride-2 transposed convolution of aMUSEd's `Upsample2D`, channel-last, as one GEMM.
+
+    x: (B, H, W, C). weight: (C, O, 2, 2) -- in-channels first, as torch stores transposed convs.
+    bias: (O,) or None. Returns (B, 2H, 2W, O):
+    y[b, 2i + a, 2j + d, o] = bias[o] + sum_c x[b, i, j, c] weight[c, o, a, d].
+    The 2x2 output patches of different input pixels do not overlap, so this is one product to
+    (O, a, d) per pixel followed by a pixel shuffle.
+    """
+    check_floating("upsample_2x2: x", x)
+    check_rank("upsample_2x2: x", x, 4, "(B, H, W, C)")
+    B, H, W, C = x.shape
+    O = weight.shape[1]
+    if weight.shape != (C, O, 2, 2):
+        raise ValueError(f"upsample_2x2: expected weight (C, O, 2, 2) with C = {C}, "
+                         f"got {tuple(weight.shape)}")
+    wmat = weight.transpose(0, 2, 3, 1).reshape(C, 4 * O)  # (C, O, a, d) -> (C, (a, d, O))
+    y = x @ wmat                                          # (B, H, W, (a, d, O))
+    y = y.reshape(B, H, W, 2, 2, O)                       # (B, H, W, a, d, O)
+    y = y.transpose(0, 1, 3, 2, 4, 5)                     # (B, H, a, W, d, O)
+    y = y.reshape(B, 2 * H, 2 * W, O)                     # (B, 2H, 2W, O)
+    return y if bias is None else y + bias
+
+
+def micro_conditioning(micro_conds, batch, encode_dim, dtype=np.float32):
+    """Sinusoidal features of aMUSEd's micro-conditions (width, height, crop x, crop y, score).
+
+    micro_conds: B * M numbers, normally (B, M). Returns (B, M * encode_dim) in `dtype`:
+    sample b's row is [phi(m_b0), ..., phi(m_b,M-1)], each phi = [cos(m f_k) ..., sin(m f_k) ...]
+    with f_k = exp(-ln(10000) k / (encode_dim // 2)), cosines first. The sinusoid is formed in
+    float64 and rounded once to `dtype` (diffusers forms it in float32: up to 3e-5 off for
+    micro-conditions such as 512).
+    """
+    flat = np.asarray(micro_conds).reshape(-1).astype(np.float64)   # (B*M,), row-major
+    emb = F.get_timestep_embedding(flat, encode_dim, flip_sin_to_cos=True,
+                                   downscale_freq_shift=0)           # (B*M, encode_dim)
+    return emb.reshape(batch, -1).astype(dtype)           # (B*M, d) -> (B, M*d)
+
+
+def _linear_nhwc(x, conv):
+    """A 1x1 `Conv2d` applied channel-last: a per-pixel linear map. x: (..., in) -> (..., out)."""
+    return F.linear(x, conv.weight[:, :, 0, 0], conv.bias)  # weight (out, in, 1, 1) -> (out, in)
+
+
+def _conv_nhwc(conv, x):
+    """Any `Conv2d`/`ConvTranspose2d` module applied to channel-last x via its NCHW forward."""
+    y = conv(x.transpose(0, 3, 1, 2))                     # (B, H, W, C) -> (B, C, H, W)
+    return y.transpose(0, 2, 3, 1)                        # (B, O, h, w) -> (B, h, w, O)
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------
+class AdaLayerNormContinuous(Module):
+    """Adaptive norm: norm(x) * (1 + scale) + shift, with (scale, shift) = linear(silu(cond)).
+
+    `linear` Linear(conditioning_embedding_dim, 2 embedding_dim, bias); `norm` is a LayerNorm
+    (norm_type="layer_norm", with a bias iff `bias`) or an RMSNorm ("rms_norm").
+    """
+
+    def __init__(self, embedding_dim, conditioning_embedding_dim, elementwise_affine=True,
+                 eps=1e-5, bias=True, norm_type="layer_norm", dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.silu = SiLU(dtype=dtype)
+        self.linear = Linear(conditioning_embedding_dim, embedding_dim * 2, bias=bias,
+                             dtype=dtype, rng=rng)
+        if norm_type == "layer_norm":
+            self.norm = LayerNorm(embedding_dim, eps, elementwise_affine, bias, dtype=dtype)
+        elif norm_type == "rms_norm":
+            self.norm = RMSNorm(embedding_dim, eps, elementwise_affine, dtype=dtype)
+        else:
+            raise ValueError(f"AdaLayerNormContinuous: norm_type must be 'layer_norm' or "
+                             f"'rms_norm', got {norm_type!r}")
+
+    def forward(self, x, conditioning_embedding):
+        """x: (B, L, C); conditioning_embedding: (B, D). Returns (B, L, C)."""
+        x = to_module_dtype("AdaLayerNormContinuous: x", x, self.dtype)
+        cond = to_module_dtype("AdaLayerNormContinuous: conditioning_embedding",
+                               conditioning_embedding, self.dtype)
+        check_rank("AdaLayerNormContinuous: conditioning_embedding", cond, 2, "(B, D)")
+        check_batch("AdaLayerNormContinuous: conditioning_embedding", cond, x.shape[0])
+        scale, shift = scale_shift(cond, self.linear.weight, self.linear.bias)  # 2 x (B, C)
+        return adaptive_modulation(self.norm(x), scale, shift)
+
+
+class FeedForward(Module):
+    """diffusers' `FeedForward` with the GEGLU activation: net = [GEGLU, Dropout, Linear].
+
+    `net.0.proj` Linear(dim, 2 inner_dim), `net.2` Linear(inner_dim, dim_out); biases iff `bias`.
+    inner_dim defaults to dim * mult. Only activation_fn="geglu" (the one UVit2DModel uses) is
+    implemented.
+    """
+
+    def __init__(self, dim, dim_out=None, mult=4, dropout=0.0, activation_fn="geglu",
+                 final_dropout=False, inner_dim=None, bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        if activation_fn != "geglu":
+            raise NotImplementedError(f"FeedForward: only activation_fn='geglu' is implemented, "
+                                      f"got {activation_fn!r}")
+        inner_dim = int(dim * mult) if inner_dim is None else inner_dim
+        dim_out = dim if dim_out is None else dim_out
+        layers = [GEGLU(dim, inner_dim, bias=bias, dtype=dtype, rng=rng),
+                  Dropout(dropout, dtype=dtype, rng=rng),
+                  Linear(inner_dim, dim_out, bias=bias, dtype=dtype, rng=rng)]
+        if final_dropout:
+            layers.append(Dropout(dropout, dtype=dtype, rng=rng))
+        self.net = ModuleList(layers, dtype=dtype)
+
+    def forward(self, hidden_states):
+        """hidden_states: (..., dim) -> (..., dim_out)."""
+        h = geglu(self.net[0].proj(hidden_states))        # (..., 2F) -> (..., F)
+        for module in list(self.net)[1:]:
+            h = module(h)
+        return h
+
+
+class SkipFFTransformerBlock(Module):
+    """Two pre-norm cross-attentions to the same (mapped) text, and no feed-forward ("skip FF").
+
+    kv_mapper Linear(kv_input_dim, dim) (only when kv_input_dim != dim; then silu comes first);
+    norm1/norm2 RMSNorm(dim, 1e-6), always with a weight (they ignore the model's norm config);
+    attn1/attn2 Attention(dim, cross_attention_dim, num_attention_heads, attention_head_dim).
+    """
+
+    def __init__(self, dim, num_attention_heads, attention_head_dim, kv_input_dim,
+                 kv_input_dim_proj_use_bias, dropout=0.0, cross_attention_dim=None,
+                 attention_bias=False, attention_out_bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.kv_mapper = (Linear(kv_input_dim, dim, kv_input_dim_proj_use_bias, dtype=dtype, rng=rng)
+                          if kv_input_dim != dim else None)
+        attn = dict(query_dim=dim, cross_attention_dim=cross_attention_dim,
+                    heads=num_attention_heads, dim_head=attention_head_dim, dropout=dropout,
+                    bias=attention_bias, out_bias=attention_out_bias, dtype=dtype, rng=rng)
+        self.norm1 = RMSNorm(dim, 1e-06, dtype=dtype)
+        self.attn1 = Attention(**attn)
+        self.norm2 = RMSNorm(dim, 1e-06, dtype=dtype)
+        self.attn2 = Attention(**attn)
+
+    def forward(self, hidden_states, encoder_hidden_states):
+        """hidden_states: (B, L, C); encoder_hidden_states: (B, S, kv_input_dim). Returns (B, L, C)."""
+        x = to_module_dtype("SkipFFTransformerBlock: hidden_states", hidden_states, self.dtype)
+        ctx = encoder_hidden_states
+        if self.kv_mapper is not None:
+            ctx = self.kv_mapper(F.silu(to_module_dtype(
+                "SkipFFTransformerBlock: encoder_hidden_states", ctx, self.dtype)))  # (B, S, C)
+        x = x + self.attn1(self.norm1(x), ctx)
+        x = x + self.attn2(self.norm2(x), ctx)
+        return x
+
+
+class ConvNextBlock(Module):
+    """ConvNeXt-V2 block with FiLM conditioning, channel-last.
+
+    depthwise 3x3 -> RMSNorm -> Linear(C, 4C) -> GELU -> GRN -> Linear(4C, C) -> Dropout,
+    plus the input (residual), then x * (1 + scale) + shift from cond_embeds_mapper(silu(c)).
+    The modulation acts on the sum, residual included.
+    """
+
+    def __init__(self, channels, layer_norm_eps, ln_elementwise_affine, use_bias, hidden_dropout,
+                 hidden_size, res_ffn_factor=4, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        inner = int(channels * res_ffn_factor)
+        self.depthwise = Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels,
+                                bias=use_bias, dtype=dtype, rng=rng)
+        self.norm = RMSNorm(channels, layer_norm_eps, ln_elementwise_affine, dtype=dtype)
+        self.channelwise_linear_1 = Linear(channels, inner, bias=use_bias, dtype=dtype, rng=rng)
+        self.channelwise_norm = GlobalResponseNorm(inner, dtype=dtype)
+        self.channelwise_linear_2 = Linear(inner, channels, bias=use_bias, dtype=dtype, rng=rng)
+        self.channelwise_dropout = Dropout(hidden_dropout, dtype=dtype, rng=rng)
+        self.cond_embeds_mapper = Linear(hidden_size, channels * 2, use_bias, dtype=dtype, rng=rng)
+
+    def forward(self, x, cond_embeds):
+        """x: (B, H, W, C); cond_embeds: (B, hidden_size). Returns (B, H, W, C)."""
+        x = to_module_dtype("ConvNextBlock: x", x, self.dtype)
+        check_rank("ConvNextBlock: x", x, 4, "(B, H, W, C)")
+        cond = to_module_dtype("ConvNextBlock: cond_embeds", cond_embeds, self.dtype)
+        check_batch("ConvNextBlock: cond_embeds", cond, x.shape[0])
+        h = depthwise_conv3x3(x, self.depthwise.weight, self.depthwise.bias)  # (B, H, W, C)
+        h = self.norm(h)
+        h = gelu(self.channelwise_linear_1(h))            # (B, H, W, 4C)
+        h = self.channelwise_norm(h)
+        h = self.channelwise_dropout(self.channelwise_linear_2(h))  # (B, H, W, C)
+        h += x
+        scale, shift = scale_shift(cond, self.cond_embeds_mapper.weight,
+                                   self.cond_embeds_mapper.bias)   # 2 x (B, C)
+        return adaptive_modulation(h, scale, shift)
+
+
+class Downsample2D(Module):
+    """diffusers' `Downsample2D` (all its constructor arguments), channel-last.
+
+    Optional norm ("rms_norm" or "ln_norm") over channels, then a stride-2 conv (use_conv; with
+    padding=0 the input is first zero-padded by one row at the bottom and one column on the right)
+    or a 2x2 average pool. The 2x2/padding-0 conv that UVit2DModel uses runs as `downsample_2x2`.
+    name="conv" registers the conv as both `conv` and `Conv2d_0`, as diffusers does.
+    """
+
+    def __init__(self, channels, use_conv=False, out_channels=None, padding=1, name="conv",
+                 kernel_size=3, norm_type=None, eps=None, elementwise_affine=None, bias=True,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv, self.padding, self.name = use_conv, padding, name
+        if norm_type == "ln_norm":
+            self.norm = LayerNorm(channels, eps, elementwise_affine, dtype=dtype)
+        elif norm_type == "rms_norm":
+            self.norm = RMSNorm(channels, eps, elementwise_affine, dtype=dtype)
+        elif norm_type is None:
+            self.norm = None
+        else:
+            raise ValueError(f"Downsample2D: unknown norm_type {norm_type!r}")
+        if use_conv:
+            conv = Conv2d(channels, self.out_channels, kernel_size, stride=2, padding=padding,
+                          bias=bias, dtype=dtype, rng=rng)
+        else:
+            if self.out_channels != channels:
+                raise ValueError(f"Downsample2D: average pooling keeps the channels, got "
+                                 f"channels={channels}, out_channels={self.out_channels}")
+            conv = None
+        if name == "conv":
+            self.Conv2d_0 = conv
+        self.conv = conv
+
+    def forward(self, hidden_states):
+        """hidden_states: (B, H, W, channels) -> (B, H', W', out_channels)."""
+        x = to_module_dtype("Downsample2D: hidden_states", hidden_states, self.dtype)
+        check_rank("Downsample2D: hidden_states", x, 4, "(B, H, W, C)")
+        check_dim("Downsample2D: hidden_states", x, -1, self.channels, "channels")
+        if self.norm is not None:
+            x = self.norm(x)
+        if not self.use_conv:                             # 2x2 average pool, odd edges dropped
+            B, H, W, C = x.shape
+            x = x[:, :H // 2 * 2, :W // 2 * 2]
+            x = x.reshape(B, H // 2, 2, W // 2, 2, C)     # (B, h, a, w, d, C)
+            return x.mean(axis=(2, 4))                    # (B, h, w, C)
+        conv = self.conv
+        if self.padding == 0 and conv.kernel_size == (2, 2):
+            return downsample_2x2(x, conv.weight, conv.bias)
+        if self.padding == 0:
+            x = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # one zero row/column, bottom/right
+        return _conv_nhwc(conv, x)
+
+
+class Upsample2D(Module):
+    """diffusers' `Upsample2D` (all its constructor arguments), channel-last.
+
+    Optional norm, then either a stride-2 transposed conv (use_conv_transpose; the result is
+    returned at once, so `interpolate` plays no part) or nearest-neighbour x2 interpolation
+    (if `interpolate`) followed by an optional conv (use_conv). The 2x2/padding-0 transposed conv
+    that UVit2DModel uses runs as `upsample_2x2`.
+    """
+
+    def __init__(self, channels, use_conv=False, use_conv_transpose=False, out_channels=None,
+                 name="conv", kernel_size=None, padding=1, norm_type=None, eps=None,
+                 elementwise_affine=None, bias=True, interpolate=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv, self.use_conv_transpose = use_conv, use_conv_transpose
+        self.name, self.interpolate = name, interpolate
+        if norm_type == "ln_norm":
+            self.norm = LayerNorm(channels, eps, elementwise_affine, dtype=dtype)
+        elif norm_type == "rms_norm":
+            self.norm = RMSNorm(channels, eps, elementwise_affine, dtype=dtype)
+        elif norm_type is None:
+            self.norm = None
+        else:
+            raise ValueError(f"Upsample2D: unknown norm_type {norm_type!r}")
+        conv = None
+        if use_conv_transpose:
+            conv = ConvTranspose2d(channels, self.out_channels, 4 if kernel_size is None
+                                   else kernel_size, stride=2, padding=padding, bias=bias,
+                                   dtype=dtype, rng=rng)
+        elif use_conv:
+            conv = Conv2d(channels, self.out_channels, 3 if kernel_size is None else kernel_size,
+                          padding=padding, bias=bias, dtype=dtype, rng=rng)
+        if name == "conv":
+            self.conv = conv
+        else:
+            self.Conv2d_0 = conv
+
+    def forward(self, hidden_states, output_size=None):
+        """hidden_states: (B, H, W, channels) -> (B, H', W', out_channels)."""
+        x = to_module_dtype("Upsample2D: hidden_states", hidden_states, self.dtype)
+        check_rank("Upsample2D: hidden_states", x, 4, "(B, H, W, C)")
+        check_dim("Upsample2D: hidden_states", x, -1, self.channels, "channels")
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.use_conv_transpose:
+            conv = self.conv
+            if conv.kernel_size == (2, 2) and conv.padding == 0:
+                return upsample_2x2(x, conv.weight, conv.bias)
+            return _conv_nhwc(conv, x)
+        if self.interpolate:
+            if output_size is not None:
+                raise NotImplementedError("Upsample2D: output_size is not implemented")
+            x = x.repeat(2, axis=1).repeat(2, axis=2)     # (B, H, W, C) -> (B, 2H, 2W, C)
+        if self.use_conv:
+            x = _conv_nhwc(self.conv if self.name == "conv" else self.Conv2d_0, x)
+        return x
+
+
+class BasicTransformerBlock(Module):
+    """diffusers' `BasicTransformerBlock` (its constructor arguments and defaults).
+
+    Self-attention, cross-attention (when `cross_attention_dim` is given) and a GEGLU feed-forward,
+    each pre-normed and added back. Norms: norm_type="layer_norm" (plain LayerNorms) or
+    "ada_norm_continuous" (what UVit2DModel uses: RMS-based adaptive norms for norm1/norm2 and a
+    LayerNorm-based one for norm3, all driven by `pooled_text_emb`). Other diffusers options
+    (ada_norm, ada_norm_zero, gated attention, positional embeddings, other activations) raise
+    NotImplementedError.
+    """
+
+    def __init__(self, dim, num_attention_heads, attention_head_dim, dropout=0.0,
+                 cross_attention_dim=None, activation_fn="geglu", num_embeds_ada_norm=None,
+                 attention_bias=False, only_cross_attention=False, double_self_attention=False,
+                 upcast_attention=False, norm_elementwise_affine=True, norm_type="layer_norm",
+                 norm_eps=1e-5, final_dropout=False, attention_type="default",
+                 positional_embeddings=None, num_positional_embeddings=None,
+                 ada_norm_continous_conditioning_embedding_dim=None, ada_norm_bias=None,
+                 ff_inner_dim=None, ff_bias=True, attention_out_bias=True,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        unsupported = {"norm_type": (norm_type, ("layer_norm", "ada_norm_continuous")),
+                       "num_embeds_ada_norm": (num_embeds_ada_norm, (None,)),
+                       "only_cross_attention": (only_cross_attention, (False,)),
+                       "double_self_attention": (double_self_attention, (False,)),
+                       "attention_type": (attention_type, ("default",)),
+                       "positional_embeddings": (positional_embeddings, (None,))}
+        for name, (value, allowed) in unsupported.items():
+            if value not in allowed:
+                raise NotImplementedError(f"BasicTransformerBlock: {name}={value!r} is not "
+                                          f"implemented (supported: {allowed})")
+        self.norm_type = norm_type
+        ada = norm_type == "ada_norm_continuous"
+
+        def make_norm(kind):
+            if ada:
+                return AdaLayerNormContinuous(dim, ada_norm_continous_conditioning_embedding_dim,
+                                              norm_elementwise_affine, norm_eps, ada_norm_bias,
+                                              kind, dtype=dtype, rng=rng)
+            return LayerNorm(dim, norm_eps, norm_elementwise_affine, dtype=dtype)
+
+        attn = dict(query_dim=dim, heads=num_attention_heads, dim_head=attention_head_dim,
+                    dropout=dropout, bias=attention_bias, out_bias=attention_out_bias,
+                    dtype=dtype, rng=rng)
+        self.norm1 = make_norm("rms_norm")
+        self.attn1 = Attention(**attn)
+        if cross_attention_dim is not None:
+            self.norm2 = make_norm("rms_norm")
+            self.attn2 = Attention(cross_attention_dim=cross_attention_dim, **attn)
+        else:
+            self.norm2, self.attn2 = None, None
+        self.norm3 = make_norm("layer_norm")
+        self.ff = FeedForward(dim, dropout=dropout, activation_fn=activation_fn,
+                              final_dropout=final_dropout, inner_dim=ff_inner_dim, bias=ff_bias,
+                              dtype=dtype, rng=rng)
+
+    def _norm(self, norm, x, cond):
+        return norm(x, cond) if self.norm_type == "ada_norm_continuous" else norm(x)
+
+    def forward(self, hidden_states, encoder_hidden_states=None, pooled_text_emb=None):
+        """hidden_states: (B, L, dim); encoder_hidden_states: (B, S, cross_attention_dim) or None
+        (then attn2 attends to the block's own tokens); pooled_text_emb: (B, D) conditioning of the
+        adaptive norms (required for norm_type="ada_norm_continuous"). Returns (B, L, dim)."""
+        x = to_module_dtype("BasicTransformerBlock: hidden_states", hidden_states, self.dtype)
+        check_rank("BasicTransformerBlock: hidden_states", x, 3, "(B, L, C)")
+        if self.norm_type == "ada_norm_continuous" and pooled_text_emb is None:
+            raise ValueError("BasicTransformerBlock: norm_type='ada_norm_continuous' needs "
+                             "pooled_text_emb (B, D), got None")
+        a = self._norm(self.norm1, x, pooled_text_emb)
+        x = x + self.attn1(a)                             # self-attention: K, V from the normed x
+        if self.attn2 is not None:
+            a = self._norm(self.norm2, x, pooled_text_emb)
+            x = x + self.attn2(a, encoder_hidden_states)
+        a = self._norm(self.norm3, x, pooled_text_emb)
+        return x + self.ff(a)
+
+
+class UVitBlock(Module):
+    """The conv stage of UVit2DModel: [Downsample2D], then `num_res_blocks` pairs of
+    (ConvNextBlock, SkipFFTransformerBlock), then [Upsample2D]. Channel-last.
+    """
+
+    def __init__(self, channels, num_res_blocks, hidden_size, hidden_dropout, ln_elementwise_affine,
+                 layer_norm_eps, use_bias, block_num_heads, attention_dropout, downsample, upsample,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.downsample = (Downsample2D(channels, use_conv=True, padding=0, name="Conv2d_0",
+                                        kernel_size=2, norm_type="rms_norm", eps=layer_norm_eps,
+                                        elementwise_affine=ln_elementwise_affine, bias=use_bias,
+                                        dtype=dtype, rng=rng) if downsample else None)
+        self.res_blocks = ModuleList(
+            [ConvNextBlock(channels, layer_norm_eps, ln_elementwise_affine, use_bias,
+                           hidden_dropout, hidden_size, dtype=dtype, rng=rng)
+             for _ in range(num_res_blocks)], dtype=dtype)
+        self.attention_blocks = ModuleList(
+            [SkipFFTransformerBlock(channels, block_num_heads, channels // block_num_heads,
+                                    hidden_size, use_bias, attention_dropout, channels,
+                                    attention_bias=use_bias, attention_out_bias=use_bias,
+                                    dtype=dtype, rng=rng)
+             for _ in range(num_res_blocks)], dtype=dtype)
+        self.upsample = (Upsample2D(channels, use_conv_transpose=True, kernel_size=2, padding=0,
+                                    name="conv", norm_type="rms_norm", eps=layer_norm_eps,
+                                    elementwise_affine=ln_elementwise_affine, bias=use_bias,
+                                    interpolate=False, dtype=dtype, rng=rng)
+                         if upsample else None)
+
+    def forward(self, x, pooled_text_emb, encoder_hidden_states):
+        """x: (B, H, W, C); pooled_text_emb: (B, hidden_size); encoder_hidden_states:
+        (B, S, hidden_size). Returns (B, H', W', C) (halved / doubled by the samplers)."""
+        x = to_module_dtype("UVitBlock: x", x, self.dtype)
+        check_rank("UVitBlock: x", x, 4, "(B, H, W, C)")
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for res_block, attention_block in zip(self.res_blocks, self.attention_blocks):
+            x = res_block(x, pooled_text_emb)
+            B, H, W, C = x.shape
+            tokens = x.reshape(B, H * W, C)               # (B, H, W, C) -> (B, L, C), n = i W + j
+            tokens = attention_block(tokens, encoder_hidden_states)
+            x = tokens.reshape(B, H, W, C)                # (B, L, C) -> (B, H, W, C)
+        if self.upsample is not None:
+            x = self.upsample(x)
+        return x
+
+
+class UVit2DConvEmbed(Module):
+    """Token ids -> embedding rows -> RMSNorm -> 1x1 conv. Returns channel-last (B, H, W, C_b).
+
+    embeddings Embedding(vocab_size, in_channels); layer_norm RMSNorm(in_channels);
+    conv Conv2d(in_channels, block_out_channels, 1), applied as a per-pixel linear map.
+    """
+
+    def __init__(self, in_channels, block_out_channels, vocab_size, elementwise_affine, eps, bias,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.embeddings = Embedding(vocab_size, in_channels, dtype=dtype, rng=rng)
+        self.layer_norm = RMSNorm(in_channels, eps, elementwise_affine, dtype=dtype)
+        self.conv = Conv2d(in_channels, block_out_channels, kernel_size=1, bias=bias, dtype=dtype,
+                           rng=rng)
+
+    def forward(self, input_ids):
+        """input_ids: (B, H, W) integers in [0, vocab_size). Returns (B, H, W, block_out_channels)."""
+        check_rank("UVit2DConvEmbed: input_ids", input_ids, 3, "(B, H, W)")
+        x = self.embeddings(input_ids)                    # (B, H, W, in_channels)
+        x = self.layer_norm(x)
+        return _linear_nhwc(x, self.conv)                 # (B, H, W, block_out_channels)
+
+
+class ConvMlmLayer(Module):
+    """The output head: 1x1 conv to in_channels -> RMSNorm -> 1x1 conv to codebook_size logits.
+
+    Takes channel-last (B, H, W, C_b) and returns logits (B, K, H, W), diffusers' output layout:
+    the last product is computed as W2 @ h^T, so no transpose of the large logits is needed.
+    """
+
+    def __init__(self, block_out_channels, in_channels, use_bias, ln_elementwise_affine,
+                 layer_norm_eps, codebook_size, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        rng = as_rng(rng)
+        self.conv1 = Conv2d(block_out_channels, in_channels, kernel_size=1, bias=use_bias,
+                            dtype=dtype, rng=rng)
+        self.layer_norm = RMSNorm(in_channels, layer_norm_eps, ln_elementwise_affine, dtype=dtype)
+        self.conv2 = Conv2d(in_channels, codebook_size, kernel_size=1, bias=use_bias, dtype=dtype,
+                            rng=rng)
+
+    def forward(self, hidden_states):
+        """hidden_states: (B, H, W, block_out_channels). Returns logits (B, codebook_size, H, W)."""
+        x = to_module_dtype("ConvMlmLayer: hidden_states", hidden_states, self.dtype)
+        check_rank("ConvMlmLayer: hidden_states", x, 4, "(B, H, W, C)")
+        B, H, W, _ = x.shape
+        h = self.layer_norm(_linear_nhwc(x, self.conv1))  # (B, H, W, in_channels)
+        h = h.reshape(B, H * W, -1)                       # (B, H, W, Ci) -> (B, L, Ci)
+        w2 = self.conv2.weight[:, :, 0, 0]                # (K, Ci, 1, 1) -> (K, Ci)
+        logits = w2 @ h.transpose(0, 2, 1)                # (K, Ci) @ (B, Ci, L) -> (B, K, L)
+        if self.conv2.bias is not None:
+            logits += self.conv2.bias[:, None]
+        return logits.reshape(B, -1, H, W)                # (B, K, L) -> (B, K, H, W)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+class _Float32Draws(np.random.Generator):
+    """A Generator that draws the initial weights in float32 (the foundation layers ask for float64
+    draws and round them): ~7x faster, so amused-256's 600M parameters initialise in about a second.
+    It shares the bit generator, hence the seed, of the Generator it is built from."""
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        r = self.random(size, dtype=np.float32)
+        r *= high - low                                   # Python floats keep float32
+        r += low
+        return r
+
+    def standard_normal(self, size=None, dtype=np.float32, out=None):
+        return super().standard_normal(size, dtype=np.float32)
+
+
+class _NoDraws(np.random.Generator):
+    """A Generator whose weight draws are zeros: for models whose weights are loaded right after."""
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return np.zeros(size, np.float32)
+
+    def standard_normal(self, size=None, dtype=np.float32, out=None):
+        return np.zeros(size, np.float32)
+
+
+class UVit2DModel(Module):
+    """aMUSEd's transformer: logits over VQ codes for every position of a grid of token ids.
+
+    Constructor arguments and defaults are diffusers' (see `CONFIG_DEFAULTS`); `config` keeps
+    them. Build from a named config with `UVit2DModel.from_config("tiny")` (or "amused-256",
+    "amused-512", or a dict), or from a diffusers folder with `UVit2DModel.from_pretrained(path)`.
+    A freshly built model is in train mode (as in diffusers); call `.eval()` to turn dropout off.
+    Initial weights follow torch's defaults, drawn in float32 from `rng` (a Generator or a seed).
+    """
+
+    def __init__(self, hidden_size=1024, use_bias=False, hidden_dropout=0.0, cond_embed_dim=768,
+                 micro_cond_encode_dim=256, micro_cond_embed_dim=1280, encoder_hidden_size=768,
+                 vocab_size=8256, codebook_size=8192, in_channels=768, block_out_channels=768,
+                 num_res_blocks=3, downsample=False, upsample=False, block_num_heads=12,
+                 num_hidden_layers=22, num_attention_heads=16, attention_dropout=0.0,
+                 intermediate_size=2816, layer_norm_eps=1e-6, ln_elementwise_affine=True,
+                 sample_size=64, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        if not isinstance(rng, (_Float32Draws, _NoDraws)):
+            rng = _Float32Draws(as_rng(rng).bit_generator)
+        cfg = {k: v for k, v in locals().items() if k in CONFIG_DEFAULTS}
+        self._config = cfg
+        eps, affine, bias = layer_norm_eps, ln_elementwise_affine, use_bias
+        kw = dict(dtype=dtype, rng=rng)
+
+        self.encoder_proj = Linear(encoder_hidden_size, hidden_size, bias=bias, **kw)
+        self.encoder_proj_layer_norm = RMSNorm(hidden_size, eps, affine, dtype=dtype)
+        self.embed = UVit2DConvEmbed(in_channels, block_out_channels, vocab_size, affine, eps,
+                                     bias, **kw)
+        self.cond_embed = TimestepEmbedding(micro_cond_embed_dim + cond_embed_dim, hidden_size,
+                                            sample_proj_bias=bias, **kw)
+        self.down_block = UVitBlock(block_out_channels, num_res_blocks, hidden_size,
+                                    hidden_dropout, affine, eps, bias, block_num_heads,
+                                    attention_dropout, downsample, False, **kw)
+        self.project_to_hidden_norm = RMSNorm(block_out_channels, eps, affine, dtype=dtype)
+        self.project_to_hidden = Linear(block_out_channels, hidden_size, bias=bias, **kw)
+        self.transformer_layers = ModuleList([
+            BasicTransformerBlock(
+                dim=hidden_size, num_attention_heads=num_attention_heads,
+                attention_head_dim=hidden_size // num_attention_heads, dropout=hidden_dropout,
+                cross_attention_dim=hidden_size, attention_bias=bias,
+                norm_type="ada_norm_continuous",
+                ada_norm_continous_conditioning_embedding_dim=hidden_size,
+                norm_elementwise_affine=affine, norm_eps=eps, ada_norm_bias=bias,
+                ff_inner_dim=intermediate_size, ff_bias=bias, attention_out_bias=bias, **kw)
+            for _ in range(num_hidden_layers)], dtype=dtype)
+        self.project_from_hidden_norm = RMSNorm(hidden_size, eps, affine, dtype=dtype)
+        self.project_from_hidden = Linear(hidden_size, block_out_channels, bias=bias, **kw)
+        self.up_block = UVitBlock(block_out_channels, num_res_blocks, hidden_size, hidden_dropout,
+                                  affine, eps, bias, block_num_heads, attention_dropout,
+                                  downsample=False, upsample=upsample, **kw)
+        self.mlm_layer = ConvMlmLayer(block_out_channels, in_channels, bias, affine, eps,
+                                      codebook_size, **kw)
+
+    @property
+    def config(self):
+        """The constructor arguments (a copy), as diffusers' `model.config`."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config=None, dtype=np.float32, rng=None, **overrides):
+        """Build a randomly initialised model from a name in `CONFIGS` or a config dict."""
+        return cls(**resolve_config(config, **overrides), dtype=dtype, rng=rng)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32, variant=None):
+        """Load a diffusers folder (config.json + diffusion_pytorch_model.safetensors, or a
+        pipeline folder with a `transformer/` subfolder) without torch. Returns the model in eval
+        mode, computing in `dtype`."""
+        from .weights import load_pretrained
+        config, state_dict = load_pretrained(path, variant=variant)
+        model = cls.from_config(resolve_config(config), dtype=dtype,
+                                rng=_NoDraws(np.random.PCG64(0)))
+        model.load_state_dict(state_dict)
+        return model.eval()
+
+    def save_pretrained(self, path):
+        """Write config.json + diffusion_pytorch_model.safetensors that diffusers can load."""
+        from .weights import save_pretrained
+        save_pretrained(path, self.config, self.state_dict())
+
+    def forward(self, input_ids, encoder_hidden_states, pooled_text_emb, micro_conds,
+                cross_attention_kwargs=None):
+        """Logits (B, codebook_size, H', W') for token ids (B, H, W) and their conditioning.
+
+        encoder_hidden_states: (B, S, encoder_hidden_size) per-token text features.
+        pooled_text_emb: (B, cond_embed_dim). micro_conds: (B, M) numbers, M * micro_cond_encode_dim
+        = micro_cond_embed_dim (aMUSEd: [width, height, crop x, crop y, aesthetic score]).
+        `cross_attention_kwargs` is accepted for drop-in use and ignored (it has no numerical effect
+        in diffusers either). H' = H unless exactly one of downsample / upsample is on.
+        """
+        B, _, _ = check_model_inputs(self._config, input_ids, encoder_hidden_states,
+                                     pooled_text_emb, micro_conds)
+        cfg, dt = self._config, self.dtype
+        # 1. text: project and normalise the per-token features, (B, S, E) -> (B, S, D)
+        ctx = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states))
+        # 2. conditioning vector: [pooled text; micro-condition sinusoids] -> TimestepEmbedding
+        micro = micro_conditioning(micro_conds, B, cfg["micro_cond_encode_dim"], dt)  # (B, M d)
+        cond = np.concatenate([pooled_text_emb.astype(dt, copy=False), micro], axis=1)
+        cond = self.cond_embed(cond)                      # (B, D_p + M d) -> (B, D), no final silu
+        # 3. tokens -> channel-last feature map, conv stage
+        x = self.embed(input_ids)                         # (B, H, W, C_b)
+        x = self.down_block(x, cond, ctx)                 # (B, H1, W1, C_b)
+        # 4. transformer on the flattened grid
+        B, H1, W1, C = x.shape
+        z = x.reshape(B, H1 * W1, C)                      # (B, H1, W1, C_b) -> (B, L, C_b)
+        z = self.project_to_hidden(self.project_to_hidden_norm(z))  # (B, L, D)
+        for layer in self.transformer_layers:
+            z = layer(z, ctx, cond)
+        z = self.project_from_hidden(self.project_from_hidden_norm(z))  # (B, L, C_b)
+        x = z.reshape(B, H1, W1, C)                       # (B, L, C_b) -> (B, H1, W1, C_b)
+        # 5. conv stage and output head
+        x = self.up_block(x, cond, ctx)                   # (B, H2, W2, C_b)
+        return self.mlm_layer(x)                          # (B, K, H2, W2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Masked-token decoding (MaskGIT, as aMUSEd's scheduler and pipeline do it)
+# --------------------------------------------------------------------------------------------------
+def mask_schedule(ratio, schedule="cosine"):
+    """Fraction of the tokens that stay masked once a fraction `ratio` in (0, 1] of the steps is
+    done: cos(ratio pi / 2) ("cosine", aMUSEd's default) or 1 - ratio ("linear")."""
+    if schedule == "cosine":
+        return math.cos(ratio * math.pi / 2)
+    if schedule == "linear":
+        return 1.0 - ratio
+    raise ValueError(f"mask_schedule: schedule must be 'cosine' or 'linear', got {schedule!r}")
+
+
+def gumbel_noise(u):
+    """Gumbel(0, 1) samples from uniforms u in [0, 1): -log(-log(u)), both logs clamped at 1e-20."""
+    return -np.log(np.maximum(-np.log(np.maximum(u, 1e-20)), 1e-20))
+
+
+def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, temperature=1.0,
+                         rng=None, schedule="cosine", starting_mask_ratio=1.0, noise=None):
+    """One step of MaskGIT decoding, as diffusers' `AmusedScheduler.step` takes it.
+
+    logits: (B, K, H, W) from the model; tokens: (B, H, W) ids, masked positions = mask_token_id.
+    step: 0-based index of this step among `num_steps`. temperature: scale of the Gumbel noise
+    added to the confidences (aMUSEd anneals it from 2 to 0 over the steps).
+    Returns (next_tokens, predicted), both (B, H, W):
+      1. sample a code for every position from softmax(logits); known tokens are kept;
+      2. after the last step, return the prediction; otherwise keep the mask on the
+         n = floor(L * starting_mask_ratio * mask_schedule((step + 1) / num_steps)) least confident
+         predictions (at least 1, at most one less than are masked now), where the confidence is
+         log p(sampled code) + temperature * Gumbel noise and known tokens are never re-masked.
+    Randomness: two uniform arrays (B, L), one to sample codes (by inverse CDF) and one for the
+    Gumbel noise, drawn from `rng` (Generator or seed) unless given as `noise=(u_sample, u_gumbel)`.
+    """
+    check_floating("masked_decoding_step: logits", logits)
+    check_rank("masked_decoding_step: logits", logits, 4, "(B, K, H, W)")
+    check_integer("masked_decoding_step: tokens", tokens)
+    B, K, H, W = logits.shape
+    if tuple(tokens.shape) != (B, H, W):
+        raise ValueError(f"masked_decoding_step: expected tokens of shape {(B, H, W)} to match "
+                         f"logits {tuple(logits.shape)}, got {tuple(tokens.shape)}")
+    if not 0 <= step < num_steps:
+        raise ValueError(f"masked_decoding_step: expected 0 <= step < {num_steps}, got {step}")
+    L = H * W
+    if noise is None:
+        rng = as_rng(rng)
+        noise = (rng.random((B, L)), rng.random((B, L)))
+    u_sample, u_gumbel = (np.asarray(u).reshape(B, L) for u in noise)
+    tok = tokens.reshape(B, L)                            # (B, H, W) -> (B, L)
+    unknown = tok == mask_token_id                        # (B, L)
+    scores = logits.reshape(B, K, L).transpose(0, 2, 1)   # (B, K, H, W) -> (B, L, K)
+    probs = F.softmax(scores.astype(np.float64), axis=-1)  # (B, L, K), float64 for sampling
+    # 1. sample by inverse CDF: the first code whose cumulative probability reaches u
+    cdf = np.cumsum(probs, axis=-1)                       # (B, L, K)
+    sampled = np.sum(cdf < (u_sample * cdf[..., -1])[..., None], axis=-1)
+    sampled = np.minimum(sampled, K - 1)                  # (B, L)
+    predicted = np.where(unknown, sampled, tok)
+    if step == num_steps - 1:
+        out = predicted.reshape(B, H, W)
+        return out, out
+    # 2. how many stay masked
+    ratio = starting_mask_ratio * mask_schedule((step + 1) / num_steps, schedule)
+    mask_len = np.full(B, math.floor(L * ratio))
+    mask_len = np.minimum(unknown.sum(axis=-1) - 1, mask_len)
+    mask_len = np.maximum(1, mask_len)                    # (B,)
+    # 3. confidence of each prediction; known tokens get the largest value so they stay
+    chosen = np.take_along_axis(probs, predicted[..., None], axis=-1)[..., 0]  # (B, L)
+    chosen = np.where(unknown, chosen, np.finfo(chosen.dtype).max)
+    confidence = np.log(np.maximum(chosen, 1e-20)) + temperature * gumbel_noise(u_gumbel)
+    cut = np.take_along_axis(np.sort(confidence, axis=-1), mask_len[:, None], axis=-1)  # (B, 1)
+    masking = confidence < cut
+    next_tokens = np.where(masking, mask_token_id, predicted)
+    return next_tokens.reshape(B, H, W), predicted.reshape(B, H, W)
+
+
+def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height, width,
+             num_steps=12, temperature=(2.0, 0.0), mask_token_id=None, guidance_scale=0.0,
+             negative_encoder_hidden_states=None, negative_pooled_text_emb=None, rng=None,
+             schedule="cosine", noise=None, return_history=False):
+    """Decode a grid of token ids from nothing but masks, as aMUSEd's pipeline does.
+
+    Starts from a (B, height, width) grid of `mask_token_id` (default vocab_size - 1, aMUSEd's
+    choice), then runs `num_steps` of model + `masked_decoding_step`, with the temperature going
+    linearly from temperature[0] to temperature[1] (a single number t means t -> 0.01).
+    With guidance_scale > 1 the model also runs on the negative (unconditional) text, and the
+    logits become uncond + guidance_scale * (cond - uncond).
+    noise: optional list of per-step (u_sample, u_gumbel) pairs, for exact reproducibility across
+    implementations. Returns the final tokens (B, height, width), and the list of the token grids
+    after every step if `return_history`.
+    """
+    B = encoder_hidden_states.shape[0]
+    if mask_token_id is None:
+        mask_token_id = model.config["vocab_size"] - 1
+    if isinstance(temperature, (tuple, list)):
+        temps = np.linspace(temperature[0], temperature[1], num_steps)
+    else:
+        temps = np.linspace(temperature, 0.01, num_steps)
+    rng = as_rng(rng)
+    guided = guidance_scale > 1.0
+    if guided:
+        if negative_encoder_hidden_states is None or negative_pooled_text_emb is None:
+            raise ValueError("generate: guidance_scale > 1 needs negative_encoder_hidden_states "
+                             "and negative_pooled_text_emb")
+        ehs = np.concatenate([negative_encoder_hidden_states, encoder_hidden_states])  # (2B, S, E)
+        pooled = np.concatenate([negative_pooled_text_emb, pooled_text_emb])           # (2B, D_p)
+        mc = np.concatenate([micro_conds, micro_conds])                                # (2B, M)
+    else:
+        ehs, pooled, mc = encoder_hidden_states, pooled_text_emb, micro_conds
+    tokens = np.full((B, height, width), mask_token_id, dtype=np.int64)
+    history = []
+    for step in range(num_steps):
+        model_in = np.concatenate([tokens, tokens]) if guided else tokens
+        logits = model(model_in, ehs, pooled, mc)         # (B or 2B, K, H, W)
+        if guided:
+            uncond, cond = logits[:B], logits[B:]
+            logits = uncond + guidance_scale * (cond - uncond)
+        tokens, _ = masked_decoding_step(
+            logits, tokens, step, num_steps, mask_token_id, temperature=float(temps[step]),
+            rng=rng, schedule=schedule, noise=None if noise is None else noise[step])
+        history.append(tokens)
+    return (tokens, history) if return_history else tokens

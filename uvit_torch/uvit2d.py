@@ -1,0 +1,643 @@
+"""`UVit2DModel`, the transformer of aMUSEd, in PyTorch: the twin of `uvit_numpy.uvit2d`.
+
+Same class names, constructor arguments (diffusers'), parameter names and channel-last block layout
+as the NumPy reference; `state_dict()` has exactly diffusers' keys and shapes, so
+
+    ours.load_state_dict(diffusers_model.state_dict())
+
+works unchanged. The model's input ids (B, H, W) and logits (B, K, H, W) follow diffusers.
+Built from `torch.nn` layers, `F.rms_norm`, `F.gelu` and `F.scaled_dot_product_attention`.
+Norms and the micro-condition sinusoid compute in the model's dtype (diffusers keeps two float32
+islands in a float64 model, see `shared/specs/uvit2d.md` section 8).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from uvit_numpy.checks import (check_batch, check_dim, check_floating, check_integer,
+                               check_rank)
+from uvit_numpy.uvit2d import (CONFIG_DEFAULTS, CONFIGS, check_model_inputs, mask_schedule,
+                               resolve_config)
+
+from . import functional as UF
+from .layers import (GEGLU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
+                     GlobalResponseNorm, LayerNorm, Linear, RMSNorm, SiLU, TimestepEmbedding)
+
+__all__ = [
+    "CONFIGS", "CONFIG_DEFAULTS", "resolve_config",
+    "gelu", "geglu", "adaptive_modulation", "scale_shift", "depthwise_conv3x3", "downsample_2x2",
+    "upsample_2x2", "micro_conditioning", "gumbel_noise", "masked_decoding_step", "generate",
+    "UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
+    "SkipFFTransformerBlock", "BasicTransformerBlock", "Attention", "FeedForward",
+    "AdaLayerNormContinuous", "TimestepEmbedding", "Downsample2D", "Upsample2D",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Functions (twins of the NumPy ones)
+# --------------------------------------------------------------------------------------------------
+def gelu(x):
+    """Exact (erf) GELU in x's dtype."""
+    return F.gelu(x)
+
+
+def geglu(u):
+    """(..., 2F) -> (..., F): value * gelu(gate), value the first half."""
+    return UF.geglu(u)
+
+
+def scale_shift(cond, weight, bias=None):
+    """(scale, shift), each (B, C), from Lin(silu(cond)) with weight (2C, D): scale first."""
+    return F.linear(F.silu(cond), weight, bias).chunk(2, dim=-1)
+
+
+def adaptive_modulation(x, scale, shift):
+    """x * (1 + scale) + shift with x (B, ..., C) and scale, shift (B, C)."""
+    B, C = x.shape[0], x.shape[-1]
+    if tuple(scale.shape) != (B, C) or tuple(shift.shape) != (B, C):
+        raise ValueError(f"adaptive_modulation: expected scale and shift of shape {(B, C)}, got "
+                         f"{tuple(scale.shape)} and {tuple(shift.shape)}")
+    shape = (B,) + (1,) * (x.ndim - 2) + (C,)
+    return torch.addcmul(shift.view(shape), x, 1 + scale.view(shape))
+
+
+def depthwise_conv3x3(x, weight, bias=None):
+    """3x3 depthwise conv, zero padding 1, channel-last: x (B, H, W, C), weight (C, 1, 3, 3)."""
+    y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=1, groups=x.shape[-1])
+    return y.permute(0, 2, 3, 1)
+
+
+def downsample_2x2(x, weight, bias=None):
+    """2x2 stride-2 conv, channel-last; odd sides zero-padded at the bottom / right.
+    x (B, H, W, C), weight (O, C, 2, 2) -> (B, ceil(H/2), ceil(W/2), O)."""
+    x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))
+    return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, stride=2).permute(0, 2, 3, 1)
+
+
+def upsample_2x2(x, weight, bias=None):
+    """2x2 stride-2 transposed conv, channel-last: x (B, H, W, C), weight (C, O, 2, 2)
+    -> (B, 2H, 2W, O)."""
+    return F.conv_transpose2d(x.permute(0, 3, 1, 2), weight, bias, stride=2).permute(0, 2, 3, 1)
+
+
+def micro_conditioning(micro_conds, batch, encode_dim, dtype=torch.float32):
+    """(B, M) micro-conditions -> (B, M * encode_dim) sinusoids [cos | sin] per value, formed in
+    float64 and rounded once to `dtype`."""
+    flat = micro_conds.reshape(-1).to(torch.float64)
+    emb = UF.get_timestep_embedding(flat, encode_dim, flip_sin_to_cos=True,
+                                    downscale_freq_shift=0)
+    return emb.reshape(batch, -1).to(dtype)
+
+
+def _linear_nhwc(x, conv):
+    """A 1x1 conv applied channel-last as a linear map: x (..., in) -> (..., out)."""
+    return F.linear(x, conv.weight[:, :, 0, 0], conv.bias)
+
+
+def _conv_nhwc(conv, x):
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------
+class AdaLayerNormContinuous(nn.Module):
+    """norm(x) * (1 + scale) + shift, with (scale, shift) = linear(silu(cond)), scale first."""
+
+    def __init__(self, embedding_dim, conditioning_embedding_dim, elementwise_affine=True,
+                 eps=1e-5, bias=True, norm_type="layer_norm", dtype=None):
+        super().__init__()
+        self.silu = SiLU()
+        self.linear = Linear(conditioning_embedding_dim, embedding_dim * 2, bias=bias, dtype=dtype)
+        if norm_type == "layer_norm":
+            self.norm = LayerNorm(embedding_dim, eps, elementwise_affine, bias, dtype=dtype)
+        elif norm_type == "rms_norm":
+            self.norm = RMSNorm(embedding_dim, eps, elementwise_affine, dtype=dtype)
+        else:
+            raise ValueError(f"AdaLayerNormContinuous: norm_type must be 'layer_norm' or "
+                             f"'rms_norm', got {norm_type!r}")
+
+    def forward(self, x, conditioning_embedding):
+        check_floating("AdaLayerNormContinuous: x", x)
+        check_rank("AdaLayerNormContinuous: conditioning_embedding", conditioning_embedding, 2,
+                   "(B, D)")
+        check_batch("AdaLayerNormContinuous: conditioning_embedding", conditioning_embedding,
+                    x.shape[0])
+        emb = self.linear(self.silu(conditioning_embedding).to(x.dtype))
+        scale, shift = emb.chunk(2, dim=1)
+        return adaptive_modulation(self.norm(x), scale, shift)
+
+
+class FeedForward(nn.Module):
+    """net = [GEGLU(dim, inner_dim), Dropout, Linear(inner_dim, dim_out)] (+ final Dropout)."""
+
+    def __init__(self, dim, dim_out=None, mult=4, dropout=0.0, activation_fn="geglu",
+                 final_dropout=False, inner_dim=None, bias=True, dtype=None):
+        super().__init__()
+        if activation_fn != "geglu":
+            raise NotImplementedError(f"FeedForward: only activation_fn='geglu' is implemented, "
+                                      f"got {activation_fn!r}")
+        inner_dim = int(dim * mult) if inner_dim is None else inner_dim
+        dim_out = dim if dim_out is None else dim_out
+        layers = [GEGLU(dim, inner_dim, bias=bias, dtype=dtype), Dropout(dropout),
+                  Linear(inner_dim, dim_out, bias=bias, dtype=dtype)]
+        if final_dropout:
+            layers.append(Dropout(dropout))
+        self.net = nn.ModuleList(layers)
+
+    def forward(self, hidden_states):
+        for module in self.net:
+            hidden_states = module(hidden_states)
+        return hidden_states
+
+
+class SkipFFTransformerBlock(nn.Module):
+    """Two pre-norm cross-attentions to the same (mapped) text; no feed-forward."""
+
+    def __init__(self, dim, num_attention_heads, attention_head_dim, kv_input_dim,
+                 kv_input_dim_proj_use_bias, dropout=0.0, cross_attention_dim=None,
+                 attention_bias=False, attention_out_bias=True, dtype=None):
+        super().__init__()
+        self.kv_mapper = (Linear(kv_input_dim, dim, kv_input_dim_proj_use_bias, dtype=dtype)
+                          if kv_input_dim != dim else None)
+        attn = dict(query_dim=dim, cross_attention_dim=cross_attention_dim,
+                    heads=num_attention_heads, dim_head=attention_head_dim, dropout=dropout,
+                    bias=attention_bias, out_bias=attention_out_bias, dtype=dtype)
+        self.norm1 = RMSNorm(dim, 1e-06, dtype=dtype)
+        self.attn1 = Attention(**attn)
+        self.norm2 = RMSNorm(dim, 1e-06, dtype=dtype)
+        self.attn2 = Attention(**attn)
+
+    def forward(self, hidden_states, encoder_hidden_states):
+        ctx = encoder_hidden_states
+        if self.kv_mapper is not None:
+            ctx = self.kv_mapper(F.silu(ctx))
+        x = hidden_states + self.attn1(self.norm1(hidden_states), ctx)
+        return x + self.attn2(self.norm2(x), ctx)
+
+
+class ConvNextBlock(nn.Module):
+    """ConvNeXt-V2 block with FiLM conditioning (after the residual add), channel-last."""
+
+    def __init__(self, channels, layer_norm_eps, ln_elementwise_affine, use_bias, hidden_dropout,
+                 hidden_size, res_ffn_factor=4, dtype=None):
+        super().__init__()
+        inner = int(channels * res_ffn_factor)
+        self.depthwise = Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels,
+                                bias=use_bias, dtype=dtype)
+        self.norm = RMSNorm(channels, layer_norm_eps, ln_elementwise_affine, dtype=dtype)
+        self.channelwise_linear_1 = Linear(channels, inner, bias=use_bias, dtype=dtype)
+        self.channelwise_act = nn.GELU()
+        self.channelwise_norm = GlobalResponseNorm(inner, dtype=dtype)
+        self.channelwise_linear_2 = Linear(inner, channels, bias=use_bias, dtype=dtype)
+        self.channelwise_dropout = Dropout(hidden_dropout)
+        self.cond_embeds_mapper = Linear(hidden_size, channels * 2, use_bias, dtype=dtype)
+
+    def forward(self, x, cond_embeds):
+        check_floating("ConvNextBlock: x", x)
+        check_rank("ConvNextBlock: x", x, 4, "(B, H, W, C)")
+        check_batch("ConvNextBlock: cond_embeds", cond_embeds, x.shape[0])
+        h = depthwise_conv3x3(x, self.depthwise.weight, self.depthwise.bias)
+        h = self.norm(h)
+        h = self.channelwise_act(self.channelwise_linear_1(h))
+        h = self.channelwise_norm(h)
+        h = self.channelwise_dropout(self.channelwise_linear_2(h))
+        h = h + x
+        scale, shift = self.cond_embeds_mapper(F.silu(cond_embeds)).chunk(2, dim=1)
+        return adaptive_modulation(h, scale, shift)
+
+
+def _make_sampler_norm(cls_name, norm_type, channels, eps, elementwise_affine, dtype):
+    if norm_type == "ln_norm":
+        return LayerNorm(channels, eps, elementwise_affine, dtype=dtype)
+    if norm_type == "rms_norm":
+        return RMSNorm(channels, eps, elementwise_affine, dtype=dtype)
+    if norm_type is None:
+        return None
+    raise ValueError(f"{cls_name}: unknown norm_type {norm_type!r}")
+
+
+class Downsample2D(nn.Module):
+    """diffusers' `Downsample2D` (all its constructor arguments), channel-last."""
+
+    def __init__(self, channels, use_conv=False, out_channels=None, padding=1, name="conv",
+                 kernel_size=3, norm_type=None, eps=None, elementwise_affine=None, bias=True,
+                 dtype=None):
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv, self.padding, self.name = use_conv, padding, name
+        self.norm = _make_sampler_norm("Downsample2D", norm_type, channels, eps,
+                                       elementwise_affine, dtype)
+        if use_conv:
+            conv = Conv2d(channels, self.out_channels, kernel_size=kernel_size, stride=2,
+                          padding=padding, bias=bias, dtype=dtype)
+        else:
+            if self.out_channels != channels:
+                raise ValueError(f"Downsample2D: average pooling keeps the channels, got "
+                                 f"channels={channels}, out_channels={self.out_channels}")
+            conv = nn.AvgPool2d(kernel_size=2, stride=2)
+        if name == "conv":
+            self.Conv2d_0 = conv
+        self.conv = conv
+
+    def forward(self, hidden_states):
+        check_floating("Downsample2D: hidden_states", hidden_states)
+        check_rank("Downsample2D: hidden_states", hidden_states, 4, "(B, H, W, C)")
+        check_dim("Downsample2D: hidden_states", hidden_states, -1, self.channels, "channels")
+        x = hidden_states if self.norm is None else self.norm(hidden_states)
+        if self.use_conv and self.padding == 0:
+            x = F.pad(x, (0, 0, 0, 1, 0, 1))              # one zero row / column, bottom / right
+        return _conv_nhwc(self.conv, x)
+
+
+class Upsample2D(nn.Module):
+    """diffusers' `Upsample2D` (all its constructor arguments), channel-last."""
+
+    def __init__(self, channels, use_conv=False, use_conv_transpose=False, out_channels=None,
+                 name="conv", kernel_size=None, padding=1, norm_type=None, eps=None,
+                 elementwise_affine=None, bias=True, interpolate=True, dtype=None):
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv, self.use_conv_transpose = use_conv, use_conv_transpose
+        self.name, self.interpolate = name, interpolate
+        self.norm = _make_sampler_norm("Upsample2D", norm_type, channels, eps,
+                                       elementwise_affine, dtype)
+        conv = None
+        if use_conv_transpose:
+            conv = ConvTranspose2d(channels, self.out_channels,
+                                   kernel_size=4 if kernel_size is None else kernel_size,
+                                   stride=2, padding=padding, bias=bias, dtype=dtype)
+        elif use_conv:
+            conv = Conv2d(channels, self.out_channels,
+                          kernel_size=3 if kernel_size is None else kernel_size, padding=padding,
+                          bias=bias, dtype=dtype)
+        if name == "conv":
+            self.conv = conv
+        else:
+            self.Conv2d_0 = conv
+
+    def forward(self, hidden_states, output_size=None):
+        check_floating("Upsample2D: hidden_states", hidden_states)
+        check_rank("Upsample2D: hidden_states", hidden_states, 4, "(B, H, W, C)")
+        check_dim("Upsample2D: hidden_states", hidden_states, -1, self.channels, "channels")
+        x = hidden_states if self.norm is None else self.norm(hidden_states)
+        if self.use_conv_transpose:
+            return _conv_nhwc(self.conv, x)
+        if self.interpolate:
+            if output_size is not None:
+                raise NotImplementedError("Upsample2D: output_size is not implemented")
+            x = x.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+        if self.use_conv:
+            x = _conv_nhwc(self.conv if self.name == "conv" else self.Conv2d_0, x)
+        return x
+
+
+class BasicTransformerBlock(nn.Module):
+    """diffusers' `BasicTransformerBlock` with norm_type "layer_norm" or "ada_norm_continuous"
+    and the GEGLU feed-forward (other options raise NotImplementedError)."""
+
+    def __init__(self, dim, num_attention_heads, attention_head_dim, dropout=0.0,
+                 cross_attention_dim=None, activation_fn="geglu", num_embeds_ada_norm=None,
+                 attention_bias=False, only_cross_attention=False, double_self_attention=False,
+                 upcast_attention=False, norm_elementwise_affine=True, norm_type="layer_norm",
+                 norm_eps=1e-5, final_dropout=False, attention_type="default",
+                 positional_embeddings=None, num_positional_embeddings=None,
+                 ada_norm_continous_conditioning_embedding_dim=None, ada_norm_bias=None,
+                 ff_inner_dim=None, ff_bias=True, attention_out_bias=True, dtype=None):
+        super().__init__()
+        unsupported = {"norm_type": (norm_type, ("layer_norm", "ada_norm_continuous")),
+                       "num_embeds_ada_norm": (num_embeds_ada_norm, (None,)),
+                       "only_cross_attention": (only_cross_attention, (False,)),
+                       "double_self_attention": (double_self_attention, (False,)),
+                       "attention_type": (attention_type, ("default",)),
+                       "positional_embeddings": (positional_embeddings, (None,))}
+        for name, (value, allowed) in unsupported.items():
+            if value not in allowed:
+                raise NotImplementedError(f"BasicTransformerBlock: {name}={value!r} is not "
+                                          f"implemented (supported: {allowed})")
+        self.norm_type = norm_type
+        ada = norm_type == "ada_norm_continuous"
+
+        def make_norm(kind):
+            if ada:
+                return AdaLayerNormContinuous(dim, ada_norm_continous_conditioning_embedding_dim,
+                                              norm_elementwise_affine, norm_eps, ada_norm_bias,
+                                              kind, dtype=dtype)
+            return LayerNorm(dim, norm_eps, norm_elementwise_affine, dtype=dtype)
+
+        attn = dict(query_dim=dim, heads=num_attention_heads, dim_head=attention_head_dim,
+                    dropout=dropout, bias=attention_bias, out_bias=attention_out_bias, dtype=dtype)
+        self.norm1 = make_norm("rms_norm")
+        self.attn1 = Attention(**attn)
+        if cross_attention_dim is not None:
+            self.norm2 = make_norm("rms_norm")
+            self.attn2 = Attention(cross_attention_dim=cross_attention_dim, **attn)
+        else:
+            self.norm2, self.attn2 = None, None
+        self.norm3 = make_norm("layer_norm")
+        self.ff = FeedForward(dim, dropout=dropout, activation_fn=activation_fn,
+                              final_dropout=final_dropout, inner_dim=ff_inner_dim, bias=ff_bias,
+                              dtype=dtype)
+
+    def _norm(self, norm, x, cond):
+        return norm(x, cond) if self.norm_type == "ada_norm_continuous" else norm(x)
+
+    def forward(self, hidden_states, encoder_hidden_states=None, pooled_text_emb=None):
+        check_floating("BasicTransformerBlock: hidden_states", hidden_states)
+        check_rank("BasicTransformerBlock: hidden_states", hidden_states, 3, "(B, L, C)")
+        if self.norm_type == "ada_norm_continuous" and pooled_text_emb is None:
+            raise ValueError("BasicTransformerBlock: norm_type='ada_norm_continuous' needs "
+                             "pooled_text_emb (B, D), got None")
+        x = hidden_states
+        x = x + self.attn1(self._norm(self.norm1, x, pooled_text_emb))
+        if self.attn2 is not None:
+            x = x + self.attn2(self._norm(self.norm2, x, pooled_text_emb), encoder_hidden_states)
+        return x + self.ff(self._norm(self.norm3, x, pooled_text_emb))
+
+
+class UVitBlock(nn.Module):
+    """[Downsample2D] -> (ConvNextBlock, SkipFFTransformerBlock) x num_res_blocks -> [Upsample2D]."""
+
+    def __init__(self, channels, num_res_blocks, hidden_size, hidden_dropout, ln_elementwise_affine,
+                 layer_norm_eps, use_bias, block_num_heads, attention_dropout, downsample, upsample,
+                 dtype=None):
+        super().__init__()
+        self.downsample = (Downsample2D(channels, use_conv=True, padding=0, name="Conv2d_0",
+                                        kernel_size=2, norm_type="rms_norm", eps=layer_norm_eps,
+                                        elementwise_affine=ln_elementwise_affine, bias=use_bias,
+                                        dtype=dtype) if downsample else None)
+        self.res_blocks = nn.ModuleList(
+            [ConvNextBlock(channels, layer_norm_eps, ln_elementwise_affine, use_bias,
+                           hidden_dropout, hidden_size, dtype=dtype)
+             for _ in range(num_res_blocks)])
+        self.attention_blocks = nn.ModuleList(
+            [SkipFFTransformerBlock(channels, block_num_heads, channels // block_num_heads,
+                                    hidden_size, use_bias, attention_dropout, channels,
+                                    attention_bias=use_bias, attention_out_bias=use_bias,
+                                    dtype=dtype)
+             for _ in range(num_res_blocks)])
+        self.upsample = (Upsample2D(channels, use_conv_transpose=True, kernel_size=2, padding=0,
+                                    name="conv", norm_type="rms_norm", eps=layer_norm_eps,
+                                    elementwise_affine=ln_elementwise_affine, bias=use_bias,
+                                    interpolate=False, dtype=dtype) if upsample else None)
+
+    def forward(self, x, pooled_text_emb, encoder_hidden_states):
+        check_floating("UVitBlock: x", x)
+        check_rank("UVitBlock: x", x, 4, "(B, H, W, C)")
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for res_block, attention_block in zip(self.res_blocks, self.attention_blocks):
+            x = res_block(x, pooled_text_emb)
+            B, H, W, C = x.shape
+            x = attention_block(x.reshape(B, H * W, C), encoder_hidden_states).view(B, H, W, C)
+        if self.upsample is not None:
+            x = self.upsample(x)
+        return x
+
+
+class UVit2DConvEmbed(nn.Module):
+    """Token ids (B, H, W) -> embedding -> RMSNorm -> 1x1 conv -> (B, H, W, block_out_channels)."""
+
+    def __init__(self, in_channels, block_out_channels, vocab_size, elementwise_affine, eps, bias,
+                 dtype=None):
+        super().__init__()
+        self.embeddings = Embedding(vocab_size, in_channels, dtype=dtype)
+        self.layer_norm = RMSNorm(in_channels, eps, elementwise_affine, dtype=dtype)
+        self.conv = Conv2d(in_channels, block_out_channels, kernel_size=1, bias=bias, dtype=dtype)
+
+    def forward(self, input_ids):
+        check_rank("UVit2DConvEmbed: input_ids", input_ids, 3, "(B, H, W)")
+        return _linear_nhwc(self.layer_norm(self.embeddings(input_ids)), self.conv)
+
+
+class ConvMlmLayer(nn.Module):
+    """1x1 conv -> RMSNorm -> 1x1 conv to logits; channel-last in, (B, K, H, W) out."""
+
+    def __init__(self, block_out_channels, in_channels, use_bias, ln_elementwise_affine,
+                 layer_norm_eps, codebook_size, dtype=None):
+        super().__init__()
+        self.conv1 = Conv2d(block_out_channels, in_channels, kernel_size=1, bias=use_bias,
+                            dtype=dtype)
+        self.layer_norm = RMSNorm(in_channels, layer_norm_eps, ln_elementwise_affine, dtype=dtype)
+        self.conv2 = Conv2d(in_channels, codebook_size, kernel_size=1, bias=use_bias, dtype=dtype)
+
+    def forward(self, hidden_states):
+        check_floating("ConvMlmLayer: hidden_states", hidden_states)
+        check_rank("ConvMlmLayer: hidden_states", hidden_states, 4, "(B, H, W, C)")
+        B, H, W, _ = hidden_states.shape
+        h = self.layer_norm(_linear_nhwc(hidden_states, self.conv1)).reshape(B, H * W, -1)
+        logits = torch.matmul(self.conv2.weight[:, :, 0, 0], h.transpose(1, 2))  # (B, K, L)
+        if self.conv2.bias is not None:
+            logits = logits + self.conv2.bias[:, None]
+        return logits.view(B, -1, H, W)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+class UVit2DModel(nn.Module):
+    """aMUSEd's transformer (diffusers' `UVit2DModel`): logits (B, K, H, W) for token ids."""
+
+    def __init__(self, hidden_size=1024, use_bias=False, hidden_dropout=0.0, cond_embed_dim=768,
+                 micro_cond_encode_dim=256, micro_cond_embed_dim=1280, encoder_hidden_size=768,
+                 vocab_size=8256, codebook_size=8192, in_channels=768, block_out_channels=768,
+                 num_res_blocks=3, downsample=False, upsample=False, block_num_heads=12,
+                 num_hidden_layers=22, num_attention_heads=16, attention_dropout=0.0,
+                 intermediate_size=2816, layer_norm_eps=1e-6, ln_elementwise_affine=True,
+                 sample_size=64, dtype=None):
+        super().__init__()
+        self._config = {k: v for k, v in locals().items() if k in CONFIG_DEFAULTS}
+        eps, affine, bias = layer_norm_eps, ln_elementwise_affine, use_bias
+        self.encoder_proj = Linear(encoder_hidden_size, hidden_size, bias=bias, dtype=dtype)
+        self.encoder_proj_layer_norm = RMSNorm(hidden_size, eps, affine, dtype=dtype)
+        self.embed = UVit2DConvEmbed(in_channels, block_out_channels, vocab_size, affine, eps,
+                                     bias, dtype=dtype)
+        self.cond_embed = TimestepEmbedding(micro_cond_embed_dim + cond_embed_dim, hidden_size,
+                                            sample_proj_bias=bias, dtype=dtype)
+        self.down_block = UVitBlock(block_out_channels, num_res_blocks, hidden_size,
+                                    hidden_dropout, affine, eps, bias, block_num_heads,
+                                    attention_dropout, downsample, False, dtype=dtype)
+        self.project_to_hidden_norm = RMSNorm(block_out_channels, eps, affine, dtype=dtype)
+        self.project_to_hidden = Linear(block_out_channels, hidden_size, bias=bias, dtype=dtype)
+        self.transformer_layers = nn.ModuleList([
+            BasicTransformerBlock(
+                dim=hidden_size, num_attention_heads=num_attention_heads,
+                attention_head_dim=hidden_size // num_attention_heads, dropout=hidden_dropout,
+                cross_attention_dim=hidden_size, attention_bias=bias,
+                norm_type="ada_norm_continuous",
+                ada_norm_continous_conditioning_embedding_dim=hidden_size,
+                norm_elementwise_affine=affine, norm_eps=eps, ada_norm_bias=bias,
+                ff_inner_dim=intermediate_size, ff_bias=bias, attention_out_bias=bias,
+                dtype=dtype)
+            for _ in range(num_hidden_layers)])
+        self.project_from_hidden_norm = RMSNorm(hidden_size, eps, affine, dtype=dtype)
+        self.project_from_hidden = Linear(hidden_size, block_out_channels, bias=bias, dtype=dtype)
+        self.up_block = UVitBlock(block_out_channels, num_res_blocks, hidden_size, hidden_dropout,
+                                  affine, eps, bias, block_num_heads, attention_dropout,
+                                  downsample=False, upsample=upsample, dtype=dtype)
+        self.mlm_layer = ConvMlmLayer(block_out_channels, in_channels, bias, affine, eps,
+                                      codebook_size, dtype=dtype)
+
+    @property
+    def config(self):
+        """The constructor arguments (a copy), as diffusers' `model.config`."""
+        return dict(self._config)
+
+    @property
+    def dtype(self):
+        return self.encoder_proj.weight.dtype
+
+    @classmethod
+    def from_config(cls, config=None, dtype=None, **overrides):
+        """A randomly initialised model (torch's default init) from a name in `CONFIGS` or a
+        config dict."""
+        return cls(**resolve_config(config, **overrides), dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, variant=None):
+        """Load a diffusers folder (config.json + diffusion_pytorch_model.safetensors, or a
+        pipeline folder's `transformer/`). The model is built on the meta device and takes the
+        loaded tensors as its parameters (no random init). Returns it in eval mode."""
+        from .weights import load_pretrained
+        config, state_dict = load_pretrained(path, variant=variant)
+        if dtype is None:
+            dtype = next(iter(state_dict.values())).dtype if state_dict else torch.float32
+        with torch.device("meta"):
+            model = cls.from_config(resolve_config(config), dtype=dtype)
+        model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, assign=True)
+        return model.eval()
+
+    def save_pretrained(self, path):
+        """Write config.json + diffusion_pytorch_model.safetensors that diffusers can load."""
+        from .weights import save_pretrained
+        save_pretrained(path, self.config, self.state_dict())
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """torch's `load_state_dict`, after a check that reports every missing, unexpected and
+        mis-shaped key in one ValueError (as the NumPy model does)."""
+        own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        misshaped = [f"{k}: expected {own[k]}, got {tuple(state_dict[k].shape)}"
+                     for k in own if k in state_dict and tuple(state_dict[k].shape) != own[k]]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys ({len(missing)}): {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+        if misshaped:
+            problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, input_ids, encoder_hidden_states, pooled_text_emb, micro_conds,
+                cross_attention_kwargs=None):
+        """Logits (B, codebook_size, H', W'); see `uvit_numpy.uvit2d.UVit2DModel.forward`.
+        `cross_attention_kwargs` is accepted (drop-in for diffusers' pipelines) and ignored."""
+        B, _, _ = check_model_inputs(self._config, input_ids, encoder_hidden_states,
+                                     pooled_text_emb, micro_conds)
+        dt = self.dtype
+        ctx = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states.to(dt)))
+        micro = micro_conditioning(micro_conds, B, self._config["micro_cond_encode_dim"], dt)
+        cond = self.cond_embed(torch.cat([pooled_text_emb.to(dt), micro], dim=1))
+        x = self.down_block(self.embed(input_ids), cond, ctx)
+        B, H1, W1, C = x.shape
+        z = self.project_to_hidden(self.project_to_hidden_norm(x.reshape(B, H1 * W1, C)))
+        for layer in self.transformer_layers:
+            z = layer(z, ctx, cond)
+        z = self.project_from_hidden(self.project_from_hidden_norm(z))
+        x = self.up_block(z.view(B, H1, W1, C), cond, ctx)
+        return self.mlm_layer(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Masked-token decoding
+# --------------------------------------------------------------------------------------------------
+def gumbel_noise(u):
+    """Gumbel(0, 1) samples from uniforms u: -log(-log(u)), both logs clamped at 1e-20."""
+    return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))
+
+
+def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, temperature=1.0,
+                         generator=None, schedule="cosine", starting_mask_ratio=1.0, noise=None):
+    """One MaskGIT step (see `uvit_numpy.uvit2d.masked_decoding_step`). logits (B, K, H, W),
+    tokens (B, H, W). Uniforms come from `generator` (a torch.Generator) unless given as
+    `noise=(u_sample, u_gumbel)`. Returns (next_tokens, predicted), both (B, H, W)."""
+    check_floating("masked_decoding_step: logits", logits)
+    check_rank("masked_decoding_step: logits", logits, 4, "(B, K, H, W)")
+    check_integer("masked_decoding_step: tokens", tokens)
+    B, K, H, W = logits.shape
+    if tuple(tokens.shape) != (B, H, W):
+        raise ValueError(f"masked_decoding_step: expected tokens of shape {(B, H, W)} to match "
+                         f"logits {tuple(logits.shape)}, got {tuple(tokens.shape)}")
+    if not 0 <= step < num_steps:
+        raise ValueError(f"masked_decoding_step: expected 0 <= step < {num_steps}, got {step}")
+    L = H * W
+    if noise is None:
+        noise = (torch.rand((B, L), generator=generator, dtype=torch.float64),
+                 torch.rand((B, L), generator=generator, dtype=torch.float64))
+    u_sample, u_gumbel = (torch.as_tensor(u).reshape(B, L) for u in noise)
+    tok = tokens.reshape(B, L)
+    unknown = tok == mask_token_id
+    probs = torch.softmax(logits.reshape(B, K, L).transpose(1, 2).to(torch.float64), dim=-1)
+    cdf = torch.cumsum(probs, dim=-1)
+    sampled = (cdf < (u_sample.to(torch.float64) * cdf[..., -1])[..., None]).sum(dim=-1)
+    sampled = sampled.clamp(max=K - 1)
+    predicted = torch.where(unknown, sampled, tok)
+    if step == num_steps - 1:
+        out = predicted.reshape(B, H, W)
+        return out, out
+    ratio = starting_mask_ratio * mask_schedule((step + 1) / num_steps, schedule)
+    mask_len = torch.full((B,), math.floor(L * ratio), dtype=torch.long)
+    mask_len = torch.minimum(unknown.sum(dim=-1) - 1, mask_len).clamp(min=1)
+    chosen = torch.gather(probs, -1, predicted[..., None])[..., 0]
+    chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)
+    confidence = (torch.log(chosen.clamp(min=1e-20))
+                  + temperature * gumbel_noise(u_gumbel.to(torch.float64)))
+    cut = torch.gather(torch.sort(confidence, dim=-1).values, 1, mask_len[:, None])
+    next_tokens = torch.where(confidence < cut, mask_token_id, predicted)
+    return next_tokens.reshape(B, H, W), predicted.reshape(B, H, W)
+
+
+@torch.no_grad()
+def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height, width,
+             num_steps=12, temperature=(2.0, 0.0), mask_token_id=None, guidance_scale=0.0,
+             negative_encoder_hidden_states=None, negative_pooled_text_emb=None, generator=None,
+             schedule="cosine", noise=None, return_history=False):
+    """MaskGIT decoding from an all-mask grid (see `uvit_numpy.uvit2d.generate`)."""
+    B = encoder_hidden_states.shape[0]
+    if mask_token_id is None:
+        mask_token_id = model.config["vocab_size"] - 1
+    if isinstance(temperature, (tuple, list)):
+        temps = torch.linspace(temperature[0], temperature[1], num_steps, dtype=torch.float64)
+    else:
+        temps = torch.linspace(temperature, 0.01, num_steps, dtype=torch.float64)
+    guided = guidance_scale > 1.0
+    if guided:
+        if negative_encoder_hidden_states is None or negative_pooled_text_emb is None:
+            raise ValueError("generate: guidance_scale > 1 needs negative_encoder_hidden_states "
+                             "and negative_pooled_text_emb")
+        ehs = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])
+        pooled = torch.cat([negative_pooled_text_emb, pooled_text_emb])
+        mc = torch.cat([micro_conds, micro_conds])
+    else:
+        ehs, pooled, mc = encoder_hidden_states, pooled_text_emb, micro_conds
+    tokens = torch.full((B, height, width), mask_token_id, dtype=torch.long)
+    history = []
+    for step in range(num_steps):
+        model_in = torch.cat([tokens, tokens]) if guided else tokens
+        logits = model(model_in, ehs, pooled, mc)
+        if guided:
+            uncond, cond = logits[:B], logits[B:]
+            logits = uncond + guidance_scale * (cond - uncond)
+        tokens, _ = masked_decoding_step(
+            logits, tokens, step, num_steps, mask_token_id, temperature=float(temps[step]),
+            generator=generator, schedule=schedule, noise=None if noise is None else noise[step])
+        history.append(tokens)
+    return (tokens, history) if return_history else tokens
