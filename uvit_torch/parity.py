@@ -3,6 +3,8 @@
     python -m uvit_torch.parity                 # every case, float64 and float32, batch 1 and 3
     python -m uvit_torch.parity --only conv     # cases whose name contains "conv"
     python -m uvit_torch.parity --dtype float64
+    python -m uvit_torch.parity --against-diffusers            # torch port vs diffusers (float32)
+    python -m uvit_torch.parity --config amused-256 --only Conv  # blocks at aMUSEd's sizes
 
 Prints a table (name, input and output shapes, max abs and rel error, pass/fail, time in each) and
 exits 1 if any case fails its tolerance (`testing.TOLERANCE`: 1e-10 in float64, 1e-5 in float32).
@@ -67,28 +69,42 @@ def run_case(case, dtype, batch):
                result.max_rel, result.passed(tol), t_ours, t_theirs, result.report())
 
 
-def all_cases():
-    """Every registered case: the core ops first, then the models."""
+def all_cases(against_diffusers=False, config=None):
+    """Every registered case: the core ops first, then the models.
+
+    against_diffusers: instead, the cases of the modules that define `diffusers_cases()` (our torch
+    port vs diffusers' own classes). config: a named model config, passed to the modules whose
+    `cases` / `diffusers_cases` take one (the core ops and the other models are left out).
+    """
+    import inspect
+
     from . import parity_core
-    cases = list(parity_core.cases())
+    cases = [] if against_diffusers or config else list(parity_core.cases())
     for module_name in PARITY_MODULES:
         module = __import__(f"{__package__}.{module_name}", fromlist=["cases"])
-        cases.extend(module.cases())
+        make = getattr(module, "diffusers_cases", None) if against_diffusers else module.cases
+        if make is None:
+            continue
+        if config is None:
+            cases.extend(make())
+        elif "config" in inspect.signature(make).parameters:
+            cases.extend(make(config=config))
     return cases
 
 
 # Modules that add cases (each defines `cases()`); the models register here.
-PARITY_MODULES = ["parity_uvit"]
+PARITY_MODULES = ["parity_uvit", "parity_uvit2d"]
 
 
-def format_table(rows):
-    head = (f"{'case':<34} {'dtype':<8} {'B':>2} {'inputs':<28} {'output':<18} "
-            f"{'max abs':>9} {'max rel':>9} {'ok':<4} {'numpy s':>8} {'torch s':>8}")
+def format_table(rows, labels=("numpy s", "torch s")):
+    w = max([34] + [len(r.name) for r in rows])
+    head = (f"{'case':<{w}} {'dtype':<8} {'B':>2} {'inputs':<28} {'output':<18} "
+            f"{'max abs':>9} {'max rel':>9} {'ok':<4} {labels[0]:>8} {labels[1]:>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         out = "x".join(map(str, r.out_shape))
         lines.append(
-            f"{r.name:<34} {r.dtype:<8} {r.batch:>2} {r.in_shapes[:28]:<28} {out[:18]:<18} "
+            f"{r.name:<{w}} {r.dtype:<8} {r.batch:>2} {r.in_shapes[:28]:<28} {out[:18]:<18} "
             f"{r.max_abs:>9.2e} {r.max_rel:>9.2e} {'PASS' if r.passed else 'FAIL':<4} "
             f"{r.t_ours:>8.4f} {r.t_theirs:>8.4f}")
     return "\n".join(lines)
@@ -101,10 +117,22 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=["float64", "float32"], action="append",
                         help="restrict to one dtype (repeatable)")
     parser.add_argument("--all", action="store_true", help="include slow cases")
+    parser.add_argument("--against-diffusers", action="store_true",
+                        help="compare the torch port with diffusers' own classes (float32; needs "
+                             "diffusers) instead of with the NumPy reference")
+    parser.add_argument("--config", metavar="NAME", default=None,
+                        help="run the model cases at a named config (e.g. tiny, amused-256)")
     args = parser.parse_args(argv)
+    if args.against_diffusers:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            print("--against-diffusers needs diffusers: pip install -e '.[dev]'")
+            return 1
     torch.manual_seed(0)
     rows = []
-    for case in all_cases():
+    flags = args.against_diffusers or args.config is not None
+    for case in all_cases(args.against_diffusers, args.config) if flags else all_cases():
         if args.only not in case.name or (case.slow and not args.all):
             continue
         for dtype in case.dtypes:
@@ -112,7 +140,8 @@ def main(argv=None):
                 continue
             for batch in case.batches:
                 rows.append(run_case(case, dtype, batch))
-    print(format_table(rows))
+    print(format_table(rows, ("torch s", "diffus s") if args.against_diffusers else
+                       ("numpy s", "torch s")))
     failed = [r for r in rows if not r.passed]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
     for r in failed:
