@@ -77,3 +77,26 @@ def check_batch(name, x, batch):
     if x.shape[0] != batch:
         raise ValueError(f"{name}: expected batch size {batch}, got {x.shape[0]} "
                          f"(shape {tuple(x.shape)})")
+
+
+def check_state_dict(owner, expected, given, strict=True):
+    """Compare a state dict with the expected one; raise one ValueError listing every problem.
+
+    expected, given: `{key: array or tensor}` (only `.shape` is read). Missing and unexpected keys
+    are errors only if `strict`; a mis-shaped tensor always is. Returns (missing, unexpected).
+    """
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    misshaped = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
+                 for k in expected
+                 if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if misshaped:
+        problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
+    if problems:
+        raise ValueError(f"{owner}.load_state_dict: " + "; ".join(problems))
+    return missing, unexpected

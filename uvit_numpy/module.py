@@ -15,6 +15,8 @@ seed reproduces a whole model.
 
 import numpy as np
 
+from .checks import check_state_dict
+
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -97,24 +99,12 @@ class Module:
 
         Values may be NumPy arrays or anything `np.asarray` understands (CPU torch tensors too).
         Mis-shaped tensors are always an error; with `strict=True` so are missing and unexpected
-        keys. All problems are collected and reported in one `KeyError`/`ValueError` before any
+        keys. All problems are collected and reported in one `ValueError` before any
         parameter is changed. Returns `(missing, unexpected)` key lists.
         """
         own = self.state_dict()
         given = {k: np.asarray(v) for k, v in state_dict.items()}
-        missing = [k for k in own if k not in given]
-        unexpected = [k for k in given if k not in own]
-        misshaped = [f"{k}: expected {own[k].shape}, got {given[k].shape}"
-                     for k in own if k in given and given[k].shape != own[k].shape]
-        problems = []
-        if strict and missing:
-            problems.append(f"missing keys ({len(missing)}): {missing}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-        if misshaped:
-            problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
-        if problems:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        missing, unexpected = check_state_dict(type(self).__name__, own, given, strict)
         modules = dict(self.named_modules())
         for key in own:
             if key not in given:

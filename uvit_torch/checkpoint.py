@@ -13,28 +13,7 @@ into arrays for `uvit_numpy` (which cannot read a `.pth` itself: it never import
 import numpy as np
 import torch
 
-
-def check_state_dict(owner, expected, given, strict=True):
-    """Compare a state dict with the expected one (`{key: tensor or array}`, only shapes are used).
-
-    Raises one ValueError listing every missing key, unexpected key and mis-shaped tensor (with
-    the expected and received shapes) -- the same report as `uvit_numpy.Module.load_state_dict`.
-    Missing and unexpected keys are errors only if `strict`; mis-shaped tensors always are.
-    """
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    misshaped = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
-                 for k in expected
-                 if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {missing}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-    if misshaped:
-        problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
-    if problems:
-        raise ValueError(f"{owner}.load_state_dict: " + "; ".join(problems))
+from uvit_numpy.checks import check_state_dict  # noqa: F401  (re-exported for uvit.py)
 
 
 def load_pth(path):
