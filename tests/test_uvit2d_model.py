@@ -31,7 +31,8 @@ def test_named_configs():
     amused = N.resolve_config("amused-256")
     assert (amused["hidden_size"], amused["num_hidden_layers"], amused["block_out_channels"],
             amused["codebook_size"], amused["vocab_size"]) == (1024, 22, 768, 8192, 8256)
-    assert N.resolve_config("amused-512")["downsample"] and N.resolve_config("amused-512")["upsample"]
+    amused_512 = N.resolve_config("amused-512")
+    assert amused_512["downsample"] and amused_512["upsample"]
     assert N.UVit2DModel.from_config("tiny").config == TINY
     assert T.UVit2DModel.from_config("tiny", use_bias=True).config == {**TINY, "use_bias": True}
 
@@ -380,3 +381,34 @@ def test_generate_runs_on_float32_from_a_seed():
     b = N.generate(model, *args, 4, 6, num_steps=3, rng=7)
     assert np.array_equal(a, b) and (a != 39).all()
     assert not np.array_equal(a, N.generate(model, *args, 4, 6, num_steps=3, rng=8))
+
+
+# --------------------------------------------------------------------------------------------------
+# The command-line tools
+# --------------------------------------------------------------------------------------------------
+def test_parity_report_options(capsys):
+    """`--against-diffusers` compares the torch port with diffusers; `--config` sizes the blocks."""
+    from uvit_torch import parity
+    pytest.importorskip("diffusers")
+    assert parity.main(["--against-diffusers", "--only", "ConvMlmLayer"]) == 0
+    out = capsys.readouterr().out
+    assert "ConvMlmLayer vs diffusers" in out and "diffus s" in out and "0 failed" in out
+    assert parity.main(["--config", "amused-256", "--only", "ConvMlmLayer", "--dtype",
+                        "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "1x4x6x768" in out and "1x8192x4x6" in out and "0 failed" in out
+
+
+def test_bench_runs_on_the_tiny_config(capsys):
+    """The benchmark's machinery (shared weights, interleaved timing, memory) on the tiny config;
+    its figures for amused-256 come from `python -m uvit_torch.bench`, not from a test."""
+    from uvit_torch import bench
+    res = bench.run("tiny", repeats=2, grid=8, text_len=5, pause=0.0,
+                    with_diffusers=True)
+    out = capsys.readouterr().out
+    assert "NumPy / torch port" in out and "tracemalloc" in out
+    assert res["numpy_over_torch"] > 0 and res["numpy_peak_over_weights"] > 1.0
+    ours, port, _ = bench.build_models("tiny", with_diffusers=False)
+    w_np = ours.transformer_layers[0].ff.net[2].weight
+    w_t = port.transformer_layers[0].ff.net[2].weight
+    assert np.shares_memory(w_np, w_t.detach().numpy())      # one copy of the weights

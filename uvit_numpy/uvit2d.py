@@ -1,4 +1,4 @@
-"""`UVit2DModel`, the transformer of aMUSEd, in NumPy: every block, weight-compatible with diffusers.
+"""`UVit2DModel`, aMUSEd's transformer, in NumPy: every block, weight-compatible with diffusers.
 
 The model predicts, for every position of a grid of VQ token ids (some of them the mask token),
 logits over the `codebook_size` codes. It is conditioned on text (per-token CLIP features, attended
@@ -10,8 +10,8 @@ in the order the forward pass meets them (spec: `shared/specs/uvit2d.md`):
       --mlm_layer--> logits (B, K, H, W)
 
 Layout: the blocks work **channel-last**, (B, H, W, C), in both packages (diffusers uses
-(B, C, H, W) between blocks; the numbers are the same, only the axis order differs). Only the model's
-input ids (B, H, W) and output logits (B, K, H, W) follow diffusers exactly.
+(B, C, H, W) between blocks; the numbers are the same, only the axis order differs). Only the
+model's input ids (B, H, W) and output logits (B, K, H, W) follow diffusers exactly.
 
 Class names, constructor arguments, defaults and parameter names are diffusers', so a state dict
 moves between diffusers, `uvit_torch` and this package unchanged. Every module also takes `dtype`
@@ -25,9 +25,11 @@ Numerics, said aloud:
   in small in-place chunks, because an exact erf costs more than all the non-GEMM work together;
 * every matmul goes through BLAS (`@`), and float32 stays float32 (Python-float constants only).
 
-Helpers meant for the book and the exercises: `gelu`, `geglu`, `adaptive_modulation`,
-`scale_shift`, `depthwise_conv3x3`, `downsample_2x2`, `upsample_2x2`, `micro_conditioning`,
-`mask_schedule`, `gumbel_noise`, `masked_decoding_step` and `generate`.
+Helpers meant for the book and the exercises: `erf_float32`, `gelu`, `geglu`,
+`adaptive_modulation`, `scale_shift`, `depthwise_conv3x3`, `downsample_2x2`, `upsample_2x2`,
+`micro_conditioning`, `mask_schedule`, `gumbel_noise`, `masked_decoding_step` and `generate`.
+`Attention` is the foundation's `layers.Attention` with a leaner forward (scale folded into q,
+in-place softmax); every other block is a thin `Module` over these functions.
 """
 
 import math
@@ -37,9 +39,9 @@ import numpy as np
 from . import functional as F
 from .checks import (check_batch, check_dim, check_floating, check_integer, check_range,
                      check_rank, dtype_name, is_floating, is_integer)
-from .layers import (GEGLU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
-                     GlobalResponseNorm, LayerNorm, Linear, RMSNorm, SiLU, TimestepEmbedding,
-                     to_module_dtype)
+from . import layers
+from .layers import (GEGLU, Conv2d, ConvTranspose2d, Dropout, Embedding, GlobalResponseNorm,
+                     LayerNorm, Linear, RMSNorm, SiLU, TimestepEmbedding, to_module_dtype)
 from .module import Module, ModuleList, as_rng
 
 __all__ = [
@@ -163,10 +165,12 @@ def check_model_inputs(config, input_ids, encoder_hidden_states, pooled_text_emb
 # --------------------------------------------------------------------------------------------------
 # Pure functions, one idea each
 # --------------------------------------------------------------------------------------------------
-# Abramowitz & Stegun 7.1.26: erf(z) = 1 - (a1 t + ... + a5 t^5) exp(-z^2), t = 1 / (1 + p z), z >= 0
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - (a1 t + ... + a5 t^5) exp(-z^2), t = 1/(1 + p z), z >= 0
 _AS_P = 0.3275911
 _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
-_CHUNK = 16384  # elements per in-place chunk: a few arrays of this size stay in L1/L2 cache
+_AS_HALF_A = tuple(0.5 * a for a in _AS_A)  # erfc(z)/2 in one polynomial
+_CHUNK = 65536  # elements per in-place block: big enough to amortise the ufunc calls, small
+                # enough that the four block-sized arrays stay in cache
 
 
 def erf_float32(x):
@@ -184,10 +188,11 @@ def erf_float32(x):
 
 
 def _gelu_float32_into(x, out, a, t, e):
-    """out = gelu(x) for a 1-d float32 chunk, using scratch arrays a, t, e of the same size.
+    """out = gelu(x) for a float32 block, using scratch arrays a, t, e of the same shape.
 
     With z = |x|/sqrt(2) and q = erfc(z)/2 = poly(t) exp(-z^2)/2 (A&S 7.1.26), the normal CDF is
     1 - q for x >= 0 and q for x < 0, so gelu(x) = x Phi(x) = max(x, 0) - |x| q, with no branch.
+    Every step writes into a preallocated array (`out=`): 19 passes over a chunk kept in cache.
     """
     np.abs(x, out=a)                                      # |x|
     np.multiply(a, _AS_P / math.sqrt(2.0), out=t)
@@ -196,35 +201,49 @@ def _gelu_float32_into(x, out, a, t, e):
     np.multiply(a, a, out=e)
     e *= -0.5
     np.exp(e, out=e)                                      # exp(-x^2 / 2) = exp(-z^2)
-    np.multiply(t, _AS_A[4], out=out)                     # Horner: poly(t) built in `out`
-    for coef in (_AS_A[3], _AS_A[2], _AS_A[1], _AS_A[0]):
+    np.multiply(t, _AS_HALF_A[4], out=out)                # Horner: poly(t) / 2 built in `out`
+    for coef in (_AS_HALF_A[3], _AS_HALF_A[2], _AS_HALF_A[1], _AS_HALF_A[0]):
         out += coef
         out *= t
-    out *= e
-    out *= a
-    out *= 0.5                                            # |x| q
+    out *= e                                              # q
+    out *= a                                              # |x| q
     np.maximum(x, 0.0, out=a)
     np.subtract(a, out, out=out)                          # max(x, 0) - |x| q
+
+
+def _gelu_float32(x, value=None):
+    """gelu(x), times `value` if given, for float32 x (..., F): row blocks of about _CHUNK values.
+
+    Multiplying by `value` inside the loop (GEGLU) saves a pass over memory. Returns a new
+    C-contiguous array shaped like x.
+    """
+    F_ = x.shape[-1]
+    x2 = x.reshape(-1, F_)                                # (..., F) -> (rows, F), a view if it can
+    v2 = None if value is None else value.reshape(-1, F_)  # (..., F) -> (rows, F)
+    rows = x2.shape[0]
+    out = np.empty((rows, F_), np.float32)
+    step = max(1, _CHUNK // max(F_, 1))                  # rows per block
+    a, t, e = (np.empty((min(step, rows), F_), np.float32) for _ in range(3))
+    for r in range(0, rows, step):
+        m = min(step, rows - r)
+        block = out[r:r + m]
+        _gelu_float32_into(x2[r:r + m], block, a[:m], t[:m], e[:m])
+        if v2 is not None:
+            block *= v2[r:r + m]
+    return out.reshape(x.shape)                          # (rows, F) -> x.shape
 
 
 def gelu(x):
     """Exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), in x's dtype. Same shape as x.
 
     float64 (and float16): `scipy.special.erf`, exact to double precision. float32: the
-    A&S 7.1.26 erf (|error| <= 1.5e-7), evaluated chunk by chunk with in-place ufuncs so the
+    A&S 7.1.26 erf (|error| <= 1.5e-7), evaluated block by block with in-place ufuncs so the
     temporaries stay in cache; this makes it about 6x cheaper than scipy's erf.
     """
     check_floating("gelu: x", x)
     if x.dtype != np.float32:
         return F.gelu(x)
-    xf = np.ascontiguousarray(x).reshape(-1)              # (n,) view when x is contiguous
-    out = np.empty_like(xf)
-    n = xf.size
-    a, t, e = (np.empty(min(_CHUNK, n), np.float32) for _ in range(3))
-    for s in range(0, n, _CHUNK):
-        m = min(_CHUNK, n - s)
-        _gelu_float32_into(xf[s:s + m], out[s:s + m], a[:m], t[:m], e[:m])
-    return out.reshape(x.shape)
+    return _gelu_float32(x.reshape(1, 1)).reshape(()) if x.ndim == 0 else _gelu_float32(x)
 
 
 def geglu(u):
@@ -237,9 +256,9 @@ def geglu(u):
         raise ValueError(f"geglu: expected an even last axis, got shape {u.shape}")
     half = u.shape[-1] // 2
     value, gate = u[..., :half], u[..., half:]            # (..., 2F) -> 2 x (..., F)
-    out = gelu(gate)
-    out *= value
-    return out
+    if u.dtype == np.float32:
+        return _gelu_float32(gate, value)
+    return value * gelu(gate)
 
 
 def scale_shift(cond, weight, bias=None):
@@ -266,14 +285,15 @@ def adaptive_modulation(x, scale, shift):
                          f"{tuple(scale.shape)} and {tuple(shift.shape)}")
     shape = (B,) + (1,) * (x.ndim - 2) + (C,)
     y = x * (1.0 + scale.reshape(shape))                  # (B, C) -> (B, 1.., C), broadcast
-    y += shift.reshape(shape)
+    y += shift.reshape(shape)                            # (B, C) -> (B, 1.., C)
     return y
 
 
 def depthwise_conv3x3(x, weight, bias=None):
     """3x3 depthwise convolution, zero padding 1, channel-last: each channel has its own kernel.
 
-    x: (B, H, W, C). weight: (C, 1, 3, 3) as torch stores it. bias: (C,) or None. Returns (B, H, W, C):
+    x: (B, H, W, C). weight: (C, 1, 3, 3) as torch stores it. bias: (C,) or None.
+    Returns (B, H, W, C):
     y[b, i, j, c] = bias[c] + sum_{a, d in 0..2} weight[c, 0, a, d] x[b, i + a - 1, j + d - 1, c]
     (a cross-correlation, no kernel flip), computed as nine shifted multiply-adds.
     """
@@ -373,6 +393,38 @@ def _conv_nhwc(conv, x):
 # --------------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------------
+class Attention(layers.Attention):
+    """diffusers' `Attention` (the foundation's `layers.Attention`: same arguments and keys
+    `to_q`, `to_k`, `to_v`, `to_out.0`) with a forward written for the model's hot loop.
+
+    softmax(q k^T / sqrt(hd)) v per head, as `scaled_dot_product_attention`, with two savings that
+    change only rounding: the scale multiplies q (L x hd values) rather than the scores (L x S),
+    and the softmax runs in place on the scores, normalising by a multiply with 1 / sum.
+    """
+
+    def forward(self, hidden_states, encoder_hidden_states=None, return_weights=False):
+        """hidden_states: (B, L, query_dim); encoder_hidden_states: (B, S, cross_attention_dim)
+        or None (self-attention). Returns (B, L, query_dim) [and the weights (B, nh, L, S)]."""
+        x = to_module_dtype("Attention: hidden_states", hidden_states, self.dtype)
+        check_rank("Attention: hidden_states", x, 3, "(B, L, C)")
+        ctx = x if encoder_hidden_states is None else to_module_dtype(
+            "Attention: encoder_hidden_states", encoder_hidden_states, self.dtype)
+        check_rank("Attention: encoder_hidden_states", ctx, 3, "(B, S, C)")
+        check_batch("Attention: encoder_hidden_states", ctx, x.shape[0])
+        q = self.to_q(x)                                  # (B, L, I), a fresh array
+        q *= 1.0 / math.sqrt(self.dim_head)
+        q = F.split_heads(q, self.heads)                  # (B, L, I) -> (B, nh, L, hd)
+        k = F.split_heads(self.to_k(ctx), self.heads)     # (B, S, I) -> (B, nh, S, hd)
+        v = F.split_heads(self.to_v(ctx), self.heads)     # (B, S, I) -> (B, nh, S, hd)
+        w = q @ k.swapaxes(-1, -2)                        # (B, nh, L, hd) @ (B, nh, hd, S)
+        w -= w.max(axis=-1, keepdims=True)                # the max goes first: exp cannot overflow
+        np.exp(w, out=w)
+        w *= 1.0 / w.sum(axis=-1, keepdims=True)          # (B, nh, L, S), rows sum to 1
+        out = F.merge_heads(w @ v)                        # (B, nh, L, hd) -> (B, L, I)
+        out = self.to_out[1](self.to_out[0](out))         # (B, L, query_dim)
+        return (out, w) if return_weights else out
+
+
 class AdaLayerNormContinuous(Module):
     """Adaptive norm: norm(x) * (1 + scale) + shift, with (scale, shift) = linear(silu(cond)).
 
@@ -451,8 +503,8 @@ class SkipFFTransformerBlock(Module):
                  attention_bias=False, attention_out_bias=True, dtype=np.float32, rng=None):
         super().__init__(dtype)
         rng = as_rng(rng)
-        self.kv_mapper = (Linear(kv_input_dim, dim, kv_input_dim_proj_use_bias, dtype=dtype, rng=rng)
-                          if kv_input_dim != dim else None)
+        self.kv_mapper = (Linear(kv_input_dim, dim, kv_input_dim_proj_use_bias, dtype=dtype,
+                                 rng=rng) if kv_input_dim != dim else None)
         attn = dict(query_dim=dim, cross_attention_dim=cross_attention_dim,
                     heads=num_attention_heads, dim_head=attention_head_dim, dropout=dropout,
                     bias=attention_bias, out_bias=attention_out_bias, dtype=dtype, rng=rng)
@@ -462,7 +514,8 @@ class SkipFFTransformerBlock(Module):
         self.attn2 = Attention(**attn)
 
     def forward(self, hidden_states, encoder_hidden_states):
-        """hidden_states: (B, L, C); encoder_hidden_states: (B, S, kv_input_dim). Returns (B, L, C)."""
+        """hidden_states: (B, L, C); encoder_hidden_states: (B, S, kv_input_dim).
+        Returns (B, L, C)."""
         x = to_module_dtype("SkipFFTransformerBlock: hidden_states", hidden_states, self.dtype)
         ctx = encoder_hidden_states
         if self.kv_mapper is not None:
@@ -772,7 +825,8 @@ class UVit2DConvEmbed(Module):
                            rng=rng)
 
     def forward(self, input_ids):
-        """input_ids: (B, H, W) integers in [0, vocab_size). Returns (B, H, W, block_out_channels)."""
+        """input_ids: (B, H, W) integers in [0, vocab_size).
+        Returns (B, H, W, block_out_channels)."""
         check_rank("UVit2DConvEmbed: input_ids", input_ids, 3, "(B, H, W)")
         x = self.embeddings(input_ids)                    # (B, H, W, in_channels)
         x = self.layer_norm(x)
@@ -936,7 +990,8 @@ class UVit2DModel(Module):
         ctx = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states))
         # 2. conditioning vector: [pooled text; micro-condition sinusoids] -> TimestepEmbedding
         micro = micro_conditioning(micro_conds, B, cfg["micro_cond_encode_dim"], dt)  # (B, M d)
-        cond = np.concatenate([pooled_text_emb.astype(dt, copy=False), micro], axis=1)
+        cond = np.concatenate([pooled_text_emb.astype(dt, copy=False), micro],
+                              axis=1)                 # (B, D_p) + (B, M d) -> (B, D_p + M d)
         cond = self.cond_embed(cond)                      # (B, D_p + M d) -> (B, D), no final silu
         # 3. tokens -> channel-last feature map, conv stage
         x = self.embed(input_ids)                         # (B, H, W, C_b)
@@ -1001,7 +1056,7 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
     if noise is None:
         rng = as_rng(rng)
         noise = (rng.random((B, L)), rng.random((B, L)))
-    u_sample, u_gumbel = (np.asarray(u).reshape(B, L) for u in noise)
+    u_sample, u_gumbel = (np.asarray(u).reshape(B, L) for u in noise)  # 2 x (B, L)
     tok = tokens.reshape(B, L)                            # (B, H, W) -> (B, L)
     unknown = tok == mask_token_id                        # (B, L)
     scores = logits.reshape(B, K, L).transpose(0, 2, 1)   # (B, K, H, W) -> (B, L, K)
@@ -1012,7 +1067,7 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
     sampled = np.minimum(sampled, K - 1)                  # (B, L)
     predicted = np.where(unknown, sampled, tok)
     if step == num_steps - 1:
-        out = predicted.reshape(B, H, W)
+        out = predicted.reshape(B, H, W)                  # (B, L) -> (B, H, W)
         return out, out
     # 2. how many stay masked
     ratio = starting_mask_ratio * mask_schedule((step + 1) / num_steps, schedule)
@@ -1026,7 +1081,7 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
     cut = np.take_along_axis(np.sort(confidence, axis=-1), mask_len[:, None], axis=-1)  # (B, 1)
     masking = confidence < cut
     next_tokens = np.where(masking, mask_token_id, predicted)
-    return next_tokens.reshape(B, H, W), predicted.reshape(B, H, W)
+    return next_tokens.reshape(B, H, W), predicted.reshape(B, H, W)  # (B, L) -> (B, H, W)
 
 
 def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height, width,
@@ -1065,7 +1120,7 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
     tokens = np.full((B, height, width), mask_token_id, dtype=np.int64)
     history = []
     for step in range(num_steps):
-        model_in = np.concatenate([tokens, tokens]) if guided else tokens
+        model_in = np.concatenate([tokens, tokens]) if guided else tokens  # (2B, H, W) if guided
         logits = model(model_in, ehs, pooled, mc)         # (B or 2B, K, H, W)
         if guided:
             uncond, cond = logits[:B], logits[B:]

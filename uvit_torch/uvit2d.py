@@ -29,6 +29,7 @@ from .layers import (GEGLU, Attention, Conv2d, ConvTranspose2d, Dropout, Embeddi
 __all__ = [
     "CONFIGS", "CONFIG_DEFAULTS", "resolve_config",
     "gelu", "geglu", "adaptive_modulation", "scale_shift", "depthwise_conv3x3", "downsample_2x2",
+    "global_response_norm",
     "upsample_2x2", "micro_conditioning", "gumbel_noise", "masked_decoding_step", "generate",
     "UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
     "SkipFFTransformerBlock", "BasicTransformerBlock", "Attention", "FeedForward",
@@ -81,6 +82,18 @@ def upsample_2x2(x, weight, bias=None):
     """2x2 stride-2 transposed conv, channel-last: x (B, H, W, C), weight (C, O, 2, 2)
     -> (B, 2H, 2W, O)."""
     return F.conv_transpose2d(x.permute(0, 3, 1, 2), weight, bias, stride=2).permute(0, 2, 3, 1)
+
+
+def global_response_norm(x, gamma, beta, eps=1e-6):
+    """ConvNeXt-V2's GRN, channel-last: x (B, H, W, C), gamma and beta (1, 1, 1, C).
+
+    The per-channel L2 norm over H and W is taken as sqrt(sum(x^2)): the same number as
+    `torch.linalg.vector_norm(x, dim=(1, 2))` (what diffusers calls), about 10x faster on CPU for
+    a reduction over the middle axes.
+    """
+    g = x.square().sum(dim=(1, 2), keepdim=True).sqrt()  # (B, 1, 1, C)
+    n = g / (g.mean(dim=-1, keepdim=True) + eps)
+    return gamma * (x * n) + beta + x
 
 
 def micro_conditioning(micro_conds, batch, encode_dim, dtype=torch.float32):
@@ -203,7 +216,8 @@ class ConvNextBlock(nn.Module):
         h = depthwise_conv3x3(x, self.depthwise.weight, self.depthwise.bias)
         h = self.norm(h)
         h = self.channelwise_act(self.channelwise_linear_1(h))
-        h = self.channelwise_norm(h)
+        grn = self.channelwise_norm                       # its parameters, the faster reduction
+        h = global_response_norm(h, grn.gamma, grn.beta)
         h = self.channelwise_dropout(self.channelwise_linear_2(h))
         h = h + x
         scale, shift = self.cond_embeds_mapper(F.silu(cond_embeds)).chunk(2, dim=1)
@@ -361,7 +375,8 @@ class BasicTransformerBlock(nn.Module):
 
 
 class UVitBlock(nn.Module):
-    """[Downsample2D] -> (ConvNextBlock, SkipFFTransformerBlock) x num_res_blocks -> [Upsample2D]."""
+    """[Downsample2D] -> (ConvNextBlock, SkipFFTransformerBlock) x num_res_blocks
+    -> [Upsample2D]."""
 
     def __init__(self, channels, num_res_blocks, hidden_size, hidden_dropout, ln_elementwise_affine,
                  layer_norm_eps, use_bias, block_num_heads, attention_dropout, downsample, upsample,
@@ -416,7 +431,8 @@ class UVit2DConvEmbed(nn.Module):
 
 
 class ConvMlmLayer(nn.Module):
-    """1x1 conv -> RMSNorm -> 1x1 conv to logits; channel-last in, (B, K, H, W) out."""
+    """1x1 conv -> RMSNorm -> 1x1 conv to logits; channel-last in, (B, K, H, W) out (a permuted
+    view of channel-last memory, like the output of diffusers' channels-last convolution)."""
 
     def __init__(self, block_out_channels, in_channels, use_bias, ln_elementwise_affine,
                  layer_norm_eps, codebook_size, dtype=None):
@@ -429,12 +445,9 @@ class ConvMlmLayer(nn.Module):
     def forward(self, hidden_states):
         check_floating("ConvMlmLayer: hidden_states", hidden_states)
         check_rank("ConvMlmLayer: hidden_states", hidden_states, 4, "(B, H, W, C)")
-        B, H, W, _ = hidden_states.shape
-        h = self.layer_norm(_linear_nhwc(hidden_states, self.conv1)).reshape(B, H * W, -1)
-        logits = torch.matmul(self.conv2.weight[:, :, 0, 0], h.transpose(1, 2))  # (B, K, L)
-        if self.conv2.bias is not None:
-            logits = logits + self.conv2.bias[:, None]
-        return logits.view(B, -1, H, W)
+        h = self.layer_norm(_linear_nhwc(hidden_states, self.conv1))  # (B, H, W, in_channels)
+        logits = _linear_nhwc(h, self.conv2)                          # (B, H, W, K)
+        return logits.permute(0, 3, 1, 2)                             # (B, K, H, W), a view
 
 
 # --------------------------------------------------------------------------------------------------
