@@ -59,6 +59,26 @@ def test_new_model_trains_and_numpy_init_follows_the_seed():
     assert w.dtype == np.float32 and 0.9 * bound < np.abs(w).max() <= bound
 
 
+def test_half_precision_runs_close_to_float32():
+    """float16 models (norms reduced in float32 where diffusers does it) stay within 1e-2 of the
+    float32 logits, in both packages, and return float16."""
+    torch.manual_seed(0)
+    ref_model = T.UVit2DModel.from_config("tiny").eval()
+    inputs = model_inputs(TINY, np.random.default_rng(0), 2, np.float32, (4, 6), 7)
+    with torch.no_grad():
+        ref = ref_model(*[to_torch(x) for x in inputs]).numpy()
+        half = T.UVit2DModel.from_config("tiny", dtype=torch.float16).eval()
+        half.load_state_dict(ref_model.state_dict())
+        out_t = half(*[to_torch(x) for x in inputs])
+    ours = N.UVit2DModel.from_config("tiny", dtype=np.float16).eval()
+    ours.load_state_dict(numpy_state_dict(ref_model))
+    out_np = ours(*inputs)
+    assert out_t.dtype == torch.float16 and out_np.dtype == np.float16
+    scale = np.abs(ref).max()
+    assert np.abs(out_t.float().numpy() - ref).max() / scale < 1e-2
+    assert np.abs(out_np.astype(np.float32) - ref).max() / scale < 1e-2
+
+
 # --------------------------------------------------------------------------------------------------
 # Bad input: both packages, before any work
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from uvit_numpy.checks import (check_batch, check_dim, check_floating, check_integer,
-                               check_rank)
+                               check_rank, check_state_dict)
 from uvit_numpy.uvit2d import (CONFIG_DEFAULTS, CONFIGS, check_model_inputs, mask_schedule,
                                resolve_config)
 
@@ -532,21 +532,8 @@ class UVit2DModel(nn.Module):
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """torch's `load_state_dict`, after a check that reports every missing, unexpected and
-        mis-shaped key in one ValueError (as the NumPy model does)."""
-        own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        misshaped = [f"{k}: expected {own[k]}, got {tuple(state_dict[k].shape)}"
-                     for k in own if k in state_dict and tuple(state_dict[k].shape) != own[k]]
-        problems = []
-        if strict and missing:
-            problems.append(f"missing keys ({len(missing)}): {missing}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-        if misshaped:
-            problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
-        if problems:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        mis-shaped key in one ValueError (`check_state_dict`, as the NumPy model does)."""
+        check_state_dict(type(self).__name__, self.state_dict(), state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, input_ids, encoder_hidden_states, pooled_text_emb, micro_conds,
