@@ -25,11 +25,13 @@ def linear(x, weight, bias=None):
     """y = x W^T + b on the last axis.
 
     x: (..., in). weight: (out, in), as torch stores it. bias: (out,) or None. Returns (..., out).
-    `x @ weight.T` reaches a single BLAS GEMM (NumPy passes the transposed view without a copy).
+    The leading axes are merged first, so that `@` is a single BLAS GEMM (NumPy passes the
+    transposed view without a copy); on a 3-d or 4-d x, `@` would run one GEMM per leading index.
     """
     check_floating("linear: x", x)
     check_dim("linear: x", x, -1, weight.shape[1], "in_features")
-    y = x @ weight.T                                      # (..., in) @ (in, out) -> (..., out)
+    y = x.reshape(-1, x.shape[-1]) @ weight.T             # (rows, in) @ (in, out) -> (rows, out)
+    y = y.reshape(x.shape[:-1] + (weight.shape[0],))      # (rows, out) -> (..., out)
     return y if bias is None else y + bias
 
 
