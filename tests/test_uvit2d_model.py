@@ -188,6 +188,27 @@ def test_state_dict_problems_are_listed_together(package):
     assert "encoder_proj.weight: expected (64, 24), got (64, 5)" in msg
 
 
+def test_module_trees_are_twins():
+    """Same submodule names (parameterless ones included) and classes in both packages."""
+    ours = N.UVit2DModel.from_config("tiny", use_bias=True)
+    port = T.UVit2DModel.from_config("tiny", use_bias=True)
+    ours_tree = {name: type(m).__name__ for name, m in ours.named_modules()}
+    port_tree = {name: type(m).__name__ for name, m in port.named_modules()}
+    assert ours_tree == port_tree
+
+
+def test_parity_weights_exercise_the_zero_initialised_parameters():
+    """GlobalResponseNorm's gamma/beta start at 0 (GRN = identity); the parity cases perturb them."""
+    from uvit_torch.parity_uvit2d import cases
+    case = next(c for c in cases("tiny") if c.name == "UVit2DModel tiny")
+    ours, theirs, _ = case.build(np.dtype(np.float64), 1)
+    grn = ours.down_block.res_blocks[0].channelwise_norm
+    assert np.abs(grn.gamma).min() > 0 and np.abs(grn.beta).min() > 0
+    assert not np.allclose(ours.transformer_layers[0].norm1.norm.weight, 1.0)
+    fresh = N.UVit2DModel.from_config("tiny").down_block.res_blocks[0].channelwise_norm
+    assert not fresh.gamma.any() and not fresh.beta.any()
+
+
 def test_state_dict_moves_between_packages_unchanged():
     port = T.UVit2DModel.from_config("tiny", use_bias=True)
     ours = N.UVit2DModel.from_config("tiny", use_bias=True)

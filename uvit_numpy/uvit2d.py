@@ -425,6 +425,14 @@ class Attention(layers.Attention):
         return (out, w) if return_weights else out
 
 
+class GELU(layers.GELU):
+    """`layers.GELU` whose exact (erf) form runs through this module's `gelu` (fast in float32)."""
+
+    def forward(self, x):
+        x = to_module_dtype("GELU: x", x, self.dtype)
+        return gelu(x) if self.approximate == "none" else F.gelu(x, self.approximate)
+
+
 class AdaLayerNormContinuous(Module):
     """Adaptive norm: norm(x) * (1 + scale) + shift, with (scale, shift) = linear(silu(cond)).
 
@@ -543,6 +551,7 @@ class ConvNextBlock(Module):
                                 bias=use_bias, dtype=dtype, rng=rng)
         self.norm = RMSNorm(channels, layer_norm_eps, ln_elementwise_affine, dtype=dtype)
         self.channelwise_linear_1 = Linear(channels, inner, bias=use_bias, dtype=dtype, rng=rng)
+        self.channelwise_act = GELU(dtype=dtype)
         self.channelwise_norm = GlobalResponseNorm(inner, dtype=dtype)
         self.channelwise_linear_2 = Linear(inner, channels, bias=use_bias, dtype=dtype, rng=rng)
         self.channelwise_dropout = Dropout(hidden_dropout, dtype=dtype, rng=rng)
@@ -556,7 +565,7 @@ class ConvNextBlock(Module):
         check_batch("ConvNextBlock: cond_embeds", cond, x.shape[0])
         h = depthwise_conv3x3(x, self.depthwise.weight, self.depthwise.bias)  # (B, H, W, C)
         h = self.norm(h)
-        h = gelu(self.channelwise_linear_1(h))            # (B, H, W, 4C)
+        h = self.channelwise_act(self.channelwise_linear_1(h))  # (B, H, W, 4C)
         h = self.channelwise_norm(h)
         h = self.channelwise_dropout(self.channelwise_linear_2(h))  # (B, H, W, C)
         h += x

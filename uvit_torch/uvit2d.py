@@ -23,7 +23,7 @@ from uvit_numpy.uvit2d import (CONFIG_DEFAULTS, CONFIGS, check_model_inputs, mas
                                resolve_config)
 
 from . import functional as UF
-from .layers import (GEGLU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
+from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
                      GlobalResponseNorm, LayerNorm, Linear, RMSNorm, SiLU, TimestepEmbedding)
 
 __all__ = [
@@ -203,7 +203,7 @@ class ConvNextBlock(nn.Module):
                                 bias=use_bias, dtype=dtype)
         self.norm = RMSNorm(channels, layer_norm_eps, ln_elementwise_affine, dtype=dtype)
         self.channelwise_linear_1 = Linear(channels, inner, bias=use_bias, dtype=dtype)
-        self.channelwise_act = nn.GELU()
+        self.channelwise_act = GELU()
         self.channelwise_norm = GlobalResponseNorm(inner, dtype=dtype)
         self.channelwise_linear_2 = Linear(inner, channels, bias=use_bias, dtype=dtype)
         self.channelwise_dropout = Dropout(hidden_dropout)
