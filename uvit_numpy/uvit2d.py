@@ -21,15 +21,17 @@ Numerics, said aloud:
 * every norm and sinusoid is computed in the model's dtype (diffusers computes RMSNorm's mean square
   and the micro-condition sinusoid in float32 even in a float64 model; we don't);
 * GELU is the exact erf form. float64 uses `scipy.special.erf`; float32 uses the Abramowitz-Stegun
-  7.1.26 rational approximation (|error| <= 1.5e-7, below float32 resolution near 1), evaluated
-  in small in-place chunks, because an exact erf costs more than all the non-GEMM work together;
+  7.1.26 rational approximation (|error| <= 1.5e-7, about float32's resolution near 1),
+  evaluated in cache-sized blocks with in-place ufuncs: scipy's erf in float32 would cost about as
+  much as all the other non-GEMM work of the forward together;
 * every matmul goes through BLAS (`@`), and float32 stays float32 (Python-float constants only).
 
 Helpers meant for the book and the exercises: `erf_float32`, `gelu`, `geglu`,
 `adaptive_modulation`, `scale_shift`, `depthwise_conv3x3`, `downsample_2x2`, `upsample_2x2`,
 `micro_conditioning`, `mask_schedule`, `gumbel_noise`, `masked_decoding_step` and `generate`.
-`Attention` is the foundation's `layers.Attention` with a leaner forward (scale folded into q,
-in-place softmax); every other block is a thin `Module` over these functions.
+`Attention` and `GELU` are the foundation's layers with leaner forwards (scale folded into q and
+an in-place softmax; the fast float32 GELU); every other block is a thin `Module` over these
+functions.
 """
 
 import math
@@ -50,7 +52,7 @@ __all__ = [
     "downsample_2x2", "upsample_2x2", "micro_conditioning", "mask_schedule", "gumbel_noise",
     "masked_decoding_step", "generate",
     "UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
-    "SkipFFTransformerBlock", "BasicTransformerBlock", "Attention", "FeedForward",
+    "SkipFFTransformerBlock", "BasicTransformerBlock", "Attention", "GELU", "FeedForward",
     "AdaLayerNormContinuous", "TimestepEmbedding", "Downsample2D", "Upsample2D",
 ]
 
