@@ -75,8 +75,9 @@ def test_amused_256_numpy_matches_the_torch_port_and_diffusers():
         with torch.no_grad():
             out_port = port(*[to_torch(x) for x in inputs])
             out_diffusers = theirs(*[to_torch(x) for x in inputs])
-        assert_close("amused-256 numpy vs torch port", out, out_port, 1e-5)
-        assert_close("amused-256 torch port vs diffusers", out_port, out_diffusers, 1e-5)
+        print(assert_close("amused-256 numpy vs torch port", out, out_port, 1e-5).report())
+        print(assert_close("amused-256 torch port vs diffusers", out_port, out_diffusers,
+                           1e-5).report())
     finally:
         del ours, port, theirs
 
