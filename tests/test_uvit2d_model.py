@@ -198,10 +198,10 @@ def test_module_trees_are_twins():
 
 
 def test_parity_weights_exercise_the_zero_initialised_parameters():
-    """GlobalResponseNorm's gamma/beta start at 0 (GRN = identity); the parity cases perturb them."""
+    """GlobalResponseNorm's gamma/beta start at 0 (GRN = identity); parity cases perturb them."""
     from uvit_torch.parity_uvit2d import cases
     case = next(c for c in cases("tiny") if c.name == "UVit2DModel tiny")
-    ours, theirs, _ = case.build(np.dtype(np.float64), 1)
+    ours, _, _ = case.build(np.dtype(np.float64), 1)
     grn = ours.down_block.res_blocks[0].channelwise_norm
     assert np.abs(grn.gamma).min() > 0 and np.abs(grn.beta).min() > 0
     assert not np.allclose(ours.transformer_layers[0].norm1.norm.weight, 1.0)
