@@ -75,6 +75,9 @@ CONFIG_DEFAULTS = {
 # Hub). Both are 22 layers of width 1024 on a 768-channel conv stage; the 512 model halves its
 # 32 x 32 token grid in the conv stage (downsample/upsample) so the transformer sees 16 x 16 tokens.
 # `sample_size` is the token grid side (unused by the model). Dropout only acts in train mode.
+# Provenance: amused-256 reproduces the spec's 603,537,664 parameters. The amused-512 entry
+# (down/up-sampling on) and both dropout values were inferred from diffusers' conversion
+# script and the aMUSEd paper, not checked against the Hub's config.json (no internet here).
 CONFIGS = {
     "amused-256": {**CONFIG_DEFAULTS, "hidden_dropout": 0.1, "attention_dropout": 0.1,
                    "sample_size": 16},
