@@ -579,6 +579,17 @@ class ConvNextBlock(Module):
         return adaptive_modulation(h, scale, shift)
 
 
+def _make_sampler_norm(cls_name, norm_type, channels, eps, elementwise_affine, dtype):
+    """The channel norm before a down/up-sampler: "rms_norm", "ln_norm" (LayerNorm) or None."""
+    if norm_type == "ln_norm":
+        return LayerNorm(channels, eps, elementwise_affine, dtype=dtype)
+    if norm_type == "rms_norm":
+        return RMSNorm(channels, eps, elementwise_affine, dtype=dtype)
+    if norm_type is None:
+        return None
+    raise ValueError(f"{cls_name}: unknown norm_type {norm_type!r}")
+
+
 class Downsample2D(Module):
     """diffusers' `Downsample2D` (all its constructor arguments), channel-last.
 
@@ -596,14 +607,8 @@ class Downsample2D(Module):
         self.channels = channels
         self.out_channels = out_channels or channels
         self.use_conv, self.padding, self.name = use_conv, padding, name
-        if norm_type == "ln_norm":
-            self.norm = LayerNorm(channels, eps, elementwise_affine, dtype=dtype)
-        elif norm_type == "rms_norm":
-            self.norm = RMSNorm(channels, eps, elementwise_affine, dtype=dtype)
-        elif norm_type is None:
-            self.norm = None
-        else:
-            raise ValueError(f"Downsample2D: unknown norm_type {norm_type!r}")
+        self.norm = _make_sampler_norm("Downsample2D", norm_type, channels, eps, elementwise_affine,
+                                       dtype)
         if use_conv:
             conv = Conv2d(channels, self.out_channels, kernel_size, stride=2, padding=padding,
                           bias=bias, dtype=dtype, rng=rng)
@@ -654,14 +659,8 @@ class Upsample2D(Module):
         self.out_channels = out_channels or channels
         self.use_conv, self.use_conv_transpose = use_conv, use_conv_transpose
         self.name, self.interpolate = name, interpolate
-        if norm_type == "ln_norm":
-            self.norm = LayerNorm(channels, eps, elementwise_affine, dtype=dtype)
-        elif norm_type == "rms_norm":
-            self.norm = RMSNorm(channels, eps, elementwise_affine, dtype=dtype)
-        elif norm_type is None:
-            self.norm = None
-        else:
-            raise ValueError(f"Upsample2D: unknown norm_type {norm_type!r}")
+        self.norm = _make_sampler_norm("Upsample2D", norm_type, channels, eps, elementwise_affine,
+                                       dtype)
         conv = None
         if use_conv_transpose:
             conv = ConvTranspose2d(channels, self.out_channels, 4 if kernel_size is None
