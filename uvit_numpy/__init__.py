@@ -1,4 +1,4 @@
-"""uvit_numpy: the NumPy reference of the U-ViT family (imports NumPy and SciPy only, never torch)."""
+"""uvit_numpy: the NumPy reference of the U-ViT family (NumPy and SciPy only, never torch)."""
 
 from . import functional
 from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,

@@ -1,6 +1,6 @@
 """The forward passes of both models, as pure NumPy functions.
 
-Each function is one idea, with the shapes it takes and returns in its docstring, using one glossary:
+Each function is one idea, with the shapes it takes and returns in its docstring, in one glossary:
 B batch, L image tokens, S text tokens, C channels, H x W grid, nh heads, hd head dim, K codebook
 size, P patch size. Functions compute in the dtype of their input (float32 or float64) and never
 promote it: constants are Python floats, so NEP 50 keeps float32 arrays float32.
@@ -301,7 +301,7 @@ def get_timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos=False,
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
-    """The U-ViT paper's sinusoid: [cos(t f_k), sin(t f_k)] with f_k = exp(-ln(max_period) k / half).
+    """The U-ViT paper's sinusoid: [cos(t f_k), sin(t f_k)], f_k = exp(-ln(max_period) k / half).
 
     timesteps: (N,). Returns (N, dim); a zero column is appended if dim is odd. It is the diffusers
     function with flip_sin_to_cos=True and downscale_freq_shift=0.

@@ -1,8 +1,8 @@
 """Layers that hold parameters, each a thin `Module` around a function of `functional`.
 
 Class names, constructor arguments and parameter names follow `torch.nn` and diffusers exactly, so a
-torch state dict loads unchanged. Every constructor also takes `dtype` (float32 by default) and `rng`
-(an `np.random.Generator` or a seed) for the initial values, which follow torch's defaults:
+torch state dict loads unchanged. Every constructor also takes `dtype` (float32 by default) and
+`rng` (an `np.random.Generator` or a seed) for the initial values, which follow torch's defaults:
 weights and biases of linear and conv layers U(-1/sqrt(fan_in), 1/sqrt(fan_in)), embeddings N(0, 1),
 norm weights 1 and biases 0, GlobalResponseNorm's gamma and beta 0.
 
@@ -300,7 +300,8 @@ class TimestepEmbedding(Module):
                  sample_proj_bias=True, dtype=np.float32, rng=None):
         super().__init__(dtype)
         if act_fn != "silu":
-            raise ValueError(f"TimestepEmbedding: only act_fn='silu' is implemented, got {act_fn!r}")
+            raise ValueError(f"TimestepEmbedding: only act_fn='silu' is implemented, "
+                             f"got {act_fn!r}")
         rng = as_rng(rng)
         out = time_embed_dim if out_dim is None else out_dim
         self.linear_1 = Linear(in_channels, time_embed_dim, sample_proj_bias, dtype=dtype, rng=rng)

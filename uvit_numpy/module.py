@@ -8,9 +8,9 @@ This is not a framework. It keeps what a reader needs to move weights between im
 * `state_dict()` returns `{dotted.name: array}` and `load_state_dict()` loads one back, reporting
   every missing, unexpected and mis-shaped key in one error.
 
-Every module is built in one dtype (`dtype=np.float32` by default; float64 for exact parity runs) and
-computes in it. Random initialisation draws from an explicit `np.random.Generator` (`rng=`), so one
-seed reproduces a whole model.
+Every module is built in one dtype (`dtype=np.float32` by default; float64 for exact parity runs)
+and computes in it. Random initialisation draws from an explicit `np.random.Generator` (`rng=`), so
+one seed reproduces a whole model.
 """
 
 import numpy as np
@@ -126,7 +126,8 @@ class Module:
         return self.train(False)
 
     def astype(self, dtype):
-        """Convert every parameter to `dtype` in place and compute in it from now on. Returns self."""
+        """Convert every parameter to `dtype` in place and compute in it from now on. Returns self.
+        """
         dt = as_dtype(dtype)
         for _, module in self.named_modules():
             object.__setattr__(module, "dtype", dt)

@@ -215,7 +215,8 @@ class TimestepEmbedding(nn.Module):
                  sample_proj_bias=True, dtype=None):
         super().__init__()
         if act_fn != "silu":
-            raise ValueError(f"TimestepEmbedding: only act_fn='silu' is implemented, got {act_fn!r}")
+            raise ValueError(f"TimestepEmbedding: only act_fn='silu' is implemented, "
+                             f"got {act_fn!r}")
         out = time_embed_dim if out_dim is None else out_dim
         self.linear_1 = Linear(in_channels, time_embed_dim, sample_proj_bias, dtype=dtype)
         self.act = SiLU()
