@@ -3,7 +3,7 @@
 The model predicts, for every position of a grid of VQ token ids (some of them the mask token),
 logits over the `codebook_size` codes. It is conditioned on text (per-token CLIP features, attended
 to; a pooled CLIP feature and a few "micro-conditions", added through adaptive norms). The pieces,
-in the order the forward pass meets them (spec: `shared/specs/uvit2d.md`):
+in the order the forward pass meets them:
 
     ids (B, H, W) --embed--> (B, H, W, C) --down_block--> --project_to_hidden--> (B, L, D)
       --transformer_layers x N--> --project_from_hidden--> (B, H, W, C) --up_block-->

@@ -8,7 +8,7 @@ as the NumPy reference; `state_dict()` has exactly diffusers' keys and shapes, s
 works unchanged. The model's input ids (B, H, W) and logits (B, K, H, W) follow diffusers.
 Built from `torch.nn` layers, `F.rms_norm`, `F.gelu` and `F.scaled_dot_product_attention`.
 Norms and the micro-condition sinusoid compute in the model's dtype (diffusers keeps two float32
-islands in a float64 model, see `shared/specs/uvit2d.md` section 8).
+islands in a float64 model: RMSNorm's mean square and the micro-condition sinusoid).
 """
 
 import math
