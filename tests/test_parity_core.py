@@ -5,19 +5,16 @@ The cases are the ones `python -m uvit_torch.parity` reports (uvit_torch/parity_
 import numpy as np
 import pytest
 
+from tests.parity_params import assert_case_passes, case_params
 from uvit_torch import parity, parity_core
-from uvit_torch.testing import TOLERANCE
 
 CASES = parity_core.cases()
-PARAMS = [pytest.param(case, dtype, batch, id=f"{case.name}-{dtype}-B{batch}")
-          for case in CASES for dtype in case.dtypes for batch in case.batches]
+PARAMS = case_params(CASES)
 
 
 @pytest.mark.parametrize("case, dtype, batch", PARAMS)
 def test_core_op_parity(case, dtype, batch):
-    row = parity.run_case(case, dtype, batch)
-    assert row.passed, f"{row.detail} exceeds {TOLERANCE[np.dtype(dtype)]:.0e}"
-    assert row.max_rel <= TOLERANCE[np.dtype(dtype)]
+    assert_case_passes(case, dtype, batch)
 
 
 def test_outputs_keep_the_input_dtype():

@@ -10,20 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+from tests.parity_params import assert_case_passes, case_params
 from uvit_numpy import uvit2d as N
 from uvit_torch import parity, parity_uvit2d
-from uvit_torch.testing import TOLERANCE, assert_close, to_torch
+from uvit_torch.testing import assert_close, to_torch
 
 CASES = [case for case in parity_uvit2d.cases("tiny") if not case.slow]
-PARAMS = [pytest.param(case, dtype, batch, id=f"{case.name}-{dtype}-B{batch}")
-          for case in CASES for dtype in case.dtypes for batch in case.batches]
+PARAMS = case_params(CASES)
 
 
 @pytest.mark.parametrize("case, dtype, batch", PARAMS)
 def test_uvit2d_parity(case, dtype, batch):
-    row = parity.run_case(case, dtype, batch)
-    assert row.passed, f"{row.detail} exceeds {TOLERANCE[np.dtype(dtype)]:.0e}"
-    assert row.max_rel <= TOLERANCE[np.dtype(dtype)]
+    assert_case_passes(case, dtype, batch)
 
 
 def test_float32_stays_float32_in_every_block_and_model():

@@ -95,6 +95,16 @@ def is_text_config(kwargs):
 # --------------------------------------------------------------------------------------------------
 # Input checks (shared with uvit_torch: they read only .shape, .dtype, .min() and .max())
 # --------------------------------------------------------------------------------------------------
+def check_sizes(name, img_size, patch_size, embed_dim, num_heads):
+    """Constructor check: the patches tile the image and the heads split the width."""
+    if img_size % patch_size:
+        raise ValueError(f"{name}: expected img_size to be a multiple of patch_size "
+                         f"{patch_size}, got {img_size}")
+    if embed_dim % num_heads:
+        raise ValueError(f"{name}: expected embed_dim to be a multiple of num_heads "
+                         f"{num_heads}, got {embed_dim}")
+
+
 def check_image(name, x, in_chans, img_size, patch_size):
     """x must be a floating (B, in_chans, img_size, img_size) batch of images or latents."""
     check_floating(name, x)
@@ -336,13 +346,7 @@ class UViT(Module):
     # --- construction (shared with UViTText) -------------------------------------------------
     def _build_stem(self, img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
                     rng):
-        name = type(self).__name__
-        if img_size % patch_size:
-            raise ValueError(f"{name}: expected img_size to be a multiple of patch_size "
-                             f"{patch_size}, got {img_size}")
-        if embed_dim % num_heads:
-            raise ValueError(f"{name}: expected embed_dim to be a multiple of num_heads "
-                             f"{num_heads}, got {embed_dim}")
+        check_sizes(type(self).__name__, img_size, patch_size, embed_dim, num_heads)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.num_patches = (img_size // patch_size) ** 2

@@ -695,6 +695,22 @@ class Upsample2D(Module):
         return x
 
 
+# The BasicTransformerBlock options this implementation supports (UVit2DModel's configuration).
+TRANSFORMER_BLOCK_OPTIONS = {"norm_type": ("layer_norm", "ada_norm_continuous"),
+                             "num_embeds_ada_norm": (None,), "only_cross_attention": (False,),
+                             "double_self_attention": (False,), "attention_type": ("default",),
+                             "positional_embeddings": (None,)}
+
+
+def check_transformer_block_options(**options):
+    """NotImplementedError naming the first option outside `TRANSFORMER_BLOCK_OPTIONS`."""
+    for name, value in options.items():
+        allowed = TRANSFORMER_BLOCK_OPTIONS[name]
+        if value not in allowed:
+            raise NotImplementedError(f"BasicTransformerBlock: {name}={value!r} is not "
+                                      f"implemented (supported: {allowed})")
+
+
 class BasicTransformerBlock(Module):
     """diffusers' `BasicTransformerBlock` (its constructor arguments and defaults).
 
@@ -717,16 +733,12 @@ class BasicTransformerBlock(Module):
                  dtype=np.float32, rng=None):
         super().__init__(dtype)
         rng = as_rng(rng)
-        unsupported = {"norm_type": (norm_type, ("layer_norm", "ada_norm_continuous")),
-                       "num_embeds_ada_norm": (num_embeds_ada_norm, (None,)),
-                       "only_cross_attention": (only_cross_attention, (False,)),
-                       "double_self_attention": (double_self_attention, (False,)),
-                       "attention_type": (attention_type, ("default",)),
-                       "positional_embeddings": (positional_embeddings, (None,))}
-        for name, (value, allowed) in unsupported.items():
-            if value not in allowed:
-                raise NotImplementedError(f"BasicTransformerBlock: {name}={value!r} is not "
-                                          f"implemented (supported: {allowed})")
+        check_transformer_block_options(norm_type=norm_type,
+                                        num_embeds_ada_norm=num_embeds_ada_norm,
+                                        only_cross_attention=only_cross_attention,
+                                        double_self_attention=double_self_attention,
+                                        attention_type=attention_type,
+                                        positional_embeddings=positional_embeddings)
         self.norm_type = norm_type
         ada = norm_type == "ada_norm_continuous"
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from uvit_numpy.checks import check_floating, check_rank
 from uvit_numpy.uvit import (CONFIGS, DESCRIPTIONS, check_context, check_image, check_labels,
-                             check_timesteps, config, is_text_config)
+                             check_sizes, check_timesteps, config, is_text_config)
 
 from . import functional as UF
 from .checkpoint import check_state_dict
@@ -126,13 +126,7 @@ class UViT(nn.Module):
 
     def _build_stem(self, img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
                     dtype):
-        name = type(self).__name__
-        if img_size % patch_size:
-            raise ValueError(f"{name}: expected img_size to be a multiple of patch_size "
-                             f"{patch_size}, got {img_size}")
-        if embed_dim % num_heads:
-            raise ValueError(f"{name}: expected embed_dim to be a multiple of num_heads "
-                             f"{num_heads}, got {embed_dim}")
+        check_sizes(type(self).__name__, img_size, patch_size, embed_dim, num_heads)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.num_patches = (img_size // patch_size) ** 2

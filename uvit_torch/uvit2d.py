@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from uvit_numpy.checks import (check_batch, check_dim, check_floating, check_integer,
                                check_rank, check_state_dict)
-from uvit_numpy.uvit2d import (CONFIG_DEFAULTS, CONFIGS, check_model_inputs, mask_schedule,
+from uvit_numpy.uvit2d import (CONFIG_DEFAULTS, CONFIGS, check_model_inputs,
+                               check_transformer_block_options, mask_schedule,
                                resolve_config)
 
 from . import functional as UF
@@ -324,16 +325,12 @@ class BasicTransformerBlock(nn.Module):
                  ada_norm_continous_conditioning_embedding_dim=None, ada_norm_bias=None,
                  ff_inner_dim=None, ff_bias=True, attention_out_bias=True, dtype=None):
         super().__init__()
-        unsupported = {"norm_type": (norm_type, ("layer_norm", "ada_norm_continuous")),
-                       "num_embeds_ada_norm": (num_embeds_ada_norm, (None,)),
-                       "only_cross_attention": (only_cross_attention, (False,)),
-                       "double_self_attention": (double_self_attention, (False,)),
-                       "attention_type": (attention_type, ("default",)),
-                       "positional_embeddings": (positional_embeddings, (None,))}
-        for name, (value, allowed) in unsupported.items():
-            if value not in allowed:
-                raise NotImplementedError(f"BasicTransformerBlock: {name}={value!r} is not "
-                                          f"implemented (supported: {allowed})")
+        check_transformer_block_options(norm_type=norm_type,
+                                        num_embeds_ada_norm=num_embeds_ada_norm,
+                                        only_cross_attention=only_cross_attention,
+                                        double_self_attention=double_self_attention,
+                                        attention_type=attention_type,
+                                        positional_embeddings=positional_embeddings)
         self.norm_type = norm_type
         ada = norm_type == "ada_norm_continuous"
 
