@@ -335,6 +335,7 @@ class UViT(Module):
                  dtype=np.float32, rng=None):
         super().__init__(dtype)
         rng = as_rng(rng)
+        self._config = config_of(locals())
         self._build_stem(img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
                          rng)
         self.num_classes = num_classes
@@ -381,6 +382,29 @@ class UViT(Module):
         """The paper's model `name` (a key of `CONFIGS`): a `UViT`, or a `UViTText` for the MS-COCO
         configs. `overrides` replace config values or add `dtype`/`rng`."""
         return from_config(name, **overrides)
+
+    @property
+    def config(self):
+        """The constructor arguments (without dtype and rng), as `UViT(**model.config)` takes."""
+        return dict(self._config)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32):
+        """Load a model folder written by `save_pretrained` (config.json + safetensors weights),
+        without torch. Returns a `UViT` (or `UViTText`) in eval mode, computing in `dtype`."""
+        from .weights import load_pretrained
+        config, state_dict = load_pretrained(path)
+        name, kwargs = read_folder_config(config)
+        model = {"UViT": UViT, "UViTText": UViTText}[name](**kwargs, dtype=dtype)
+        model.load_state_dict(state_dict)
+        return model.eval()
+
+    def save_pretrained(self, path, **extra):
+        """Write `config.json` (the constructor arguments, plus `extra` entries such as how the
+        weights were trained, under keys starting with `_`) and the weights as safetensors."""
+        from .weights import save_pretrained
+        save_pretrained(path, folder_config(self.config, extra), self.state_dict(),
+                        class_name=type(self).__name__)
 
     # --- forward, in three public pieces -----------------------------------------------------
     def check_inputs(self, x, timesteps, y=None):
@@ -476,6 +500,7 @@ class UViTText(UViT):
                  conv=True, skip=True, dtype=np.float32, rng=None):
         Module.__init__(self, dtype)
         rng = as_rng(rng)
+        self._config = config_of(locals())
         self._build_stem(img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
                          rng)
         self.num_classes = -1
@@ -508,6 +533,26 @@ class UViTText(UViT):
                 f"in_chans={self.in_chans}, embed_dim={self.embed_dim}, depth={self.depth}, "
                 f"num_heads={self.num_heads}, clip_dim={self.clip_dim}, "
                 f"num_clip_token={self.num_clip_token}")
+
+
+def config_of(arguments):
+    """The constructor arguments of a U-ViT from its `locals()` (self, dtype and rng left out)."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "dtype", "rng", "__class__")}
+
+
+def folder_config(config, extra):
+    """config.json's content: the constructor arguments and `extra` under `_`-prefixed keys."""
+    return {**config, **{f"_{k}": v for k, v in extra.items() if v is not None}}
+
+
+def read_folder_config(config):
+    """(class name, constructor arguments) from a model folder's config.json dict: its `_` keys
+    are information, not arguments. A clear ValueError when the folder holds another model."""
+    name = config.get("_class_name")
+    if name not in ("UViT", "UViTText"):
+        raise ValueError(f"from_pretrained: expected a folder written by UViT.save_pretrained "
+                         f"(_class_name 'UViT' or 'UViTText'), got _class_name {name!r}")
+    return name, {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def from_config(name, **overrides):

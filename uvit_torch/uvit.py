@@ -13,7 +13,9 @@ from torch import nn
 
 from uvit_numpy.checks import check_floating, check_rank
 from uvit_numpy.uvit import (CONFIGS, DESCRIPTIONS, check_context, check_image, check_labels,
-                             check_sizes, check_timesteps, config, is_text_config)
+                             check_sizes, check_timesteps, config, config_of, folder_config,
+                             read_folder_config,
+                             is_text_config)
 
 from . import functional as UF
 from .checkpoint import check_state_dict
@@ -116,6 +118,7 @@ class UViT(nn.Module):
                  mlp_time_embed=False, num_classes=-1, use_checkpoint=False, conv=True, skip=True,
                  dtype=None):
         super().__init__()
+        self.config = config_of(locals())
         self._build_stem(img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
                          dtype)
         self.num_classes = num_classes
@@ -173,6 +176,27 @@ class UViT(nn.Module):
     def from_config(cls, name, **overrides):
         """The paper's model `name` (a key of `CONFIGS`): UViT, or UViTText for MS-COCO."""
         return from_config(name, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None):
+        """Load a model folder written by `save_pretrained` (either package's): config.json and
+        safetensors weights. `dtype` defaults to the weights'. Returns the model in eval mode."""
+        from .weights import load_pretrained
+        config, state_dict = load_pretrained(path)
+        if dtype is None:
+            dtype = next(iter(state_dict.values())).dtype
+        name, kwargs = read_folder_config(config)
+        with torch.device("meta"):
+            model = {"UViT": UViT, "UViTText": UViTText}[name](**kwargs, dtype=dtype)
+        model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, assign=True)
+        return model.eval()
+
+    def save_pretrained(self, path, **extra):
+        """Write config.json (the constructor arguments, and `extra` under `_` keys) and the
+        weights as safetensors: the folder `uvit_numpy.UViT.from_pretrained` reads too."""
+        from .weights import save_pretrained
+        save_pretrained(path, folder_config(self.config, extra), self.state_dict(),
+                        class_name=type(self).__name__)
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """torch's load_state_dict, after checking every key and shape: all missing, unexpected
@@ -236,6 +260,7 @@ class UViTText(UViT):
                  mlp_time_embed=False, use_checkpoint=False, clip_dim=768, num_clip_token=77,
                  conv=True, skip=True, dtype=None):
         nn.Module.__init__(self)
+        self.config = config_of(locals())
         self._build_stem(img_size, patch_size, in_chans, embed_dim, num_heads, mlp_time_embed,
                          dtype)
         self.num_classes = -1

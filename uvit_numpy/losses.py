@@ -1,0 +1,104 @@
+"""The two training losses, forward and backward, as `torch.nn.functional` defines them.
+
+* `mse_loss`: U-ViT's noise-prediction loss, the mean of (prediction - target)^2 over every element.
+* `cross_entropy`: aMUSEd's masked-token loss over logits (B, K, H, W) (or (N, K)), targets -100
+  (`ignore_index`) where nothing is to be predicted, optional label smoothing.
+
+Each forward can hand back what its backward needs (`return_cache=True`), and each backward takes
+the upstream gradient of the scalar loss (1.0 when the loss is what is minimised) and that cache.
+"""
+
+import numpy as np
+
+from .checks import check_floating, check_integer
+
+
+def mse_loss(input, target, return_cache=False):
+    """mean((input - target)^2) over every element, a scalar of the input's dtype.
+
+    input, target: floating arrays of the same shape.
+    """
+    check_floating("mse_loss: input", input)
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(f"mse_loss: expected target shaped like input {tuple(input.shape)}, "
+                         f"got {tuple(target.shape)}")
+    diff = input - target
+    loss = np.mean(diff * diff)
+    return (loss, diff) if return_cache else loss
+
+
+def mse_loss_backward(dloss, cache):
+    """d mean(diff^2) / d input = 2 diff / numel, times the upstream dloss. Returns d input."""
+    diff = cache
+    return (2.0 * float(dloss) / diff.size) * diff
+
+
+def log_softmax(x, axis=-1):
+    """log softmax, stably: (x - max) - log(sum(exp(x - max)))."""
+    z = x - np.max(x, axis=axis, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def _class_last(logits):
+    """(B, K, *spatial) -> (B * prod(spatial), K), rows in row-major order (as the targets)."""
+    if logits.ndim == 2:
+        return logits
+    K = logits.shape[1]
+    moved = np.moveaxis(logits, 1, -1)                    # (B, K, H, W) -> (B, H, W, K)
+    return moved.reshape(-1, K)                           # (B*H*W, K)
+
+
+def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, return_cache=False):
+    """Mean cross-entropy over the positions whose target is not `ignore_index`.
+
+    logits: (N, K) or (B, K, *spatial) floating; target: (N,) or (B, *spatial) ints in [0, K) or
+    ignore_index. With p = softmax(logits) over K and smoothing e, each counted position adds
+        (1 - e) (-log p[target]) + e mean_k(-log p[k]),
+    and the sum is divided by the number of counted positions (torch's reduction="mean").
+    A batch in which every target is ignored gives nan, as torch does.
+    """
+    check_floating("cross_entropy: logits", logits)
+    check_integer("cross_entropy: target", target)
+    expected = (logits.shape[0],) + tuple(logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"cross_entropy: expected target of shape {expected} for logits "
+                         f"{tuple(logits.shape)}, got {tuple(target.shape)}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: expected label_smoothing in [0, 1], got "
+                         f"{label_smoothing}")
+    rows = _class_last(logits)                            # (N, K)
+    t = target.reshape(-1)                                # (N,)
+    K = rows.shape[1]
+    valid = t != ignore_index                             # (N,) bool
+    bad = valid & ((t < 0) | (t >= K))
+    if bad.any():
+        raise ValueError(f"cross_entropy: expected targets in [0, {K}) or {ignore_index}, got "
+                         f"{int(t[bad][0])}")
+    logp = log_softmax(rows, axis=-1)                     # (N, K)
+    safe_t = np.where(valid, t, 0)
+    nll = -logp[np.arange(len(t)), safe_t]                # (N,)
+    smooth = -logp.mean(axis=-1)                          # (N,): mean over the K classes
+    per_row = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+    count = int(valid.sum())
+    loss = np.sum(np.where(valid, per_row, 0.0)) / count if count else np.float64(np.nan)
+    loss = np.asarray(loss, dtype=logits.dtype)
+    cache = (logp, safe_t, valid, count, label_smoothing, logits.shape)
+    return (loss, cache) if return_cache else loss
+
+
+def cross_entropy_backward(dloss, cache):
+    """Gradient of `cross_entropy` w.r.t. the logits, shaped like them.
+
+    On a counted row: (softmax - q) / count, q = (1 - e) onehot(target) + e / K; ignored rows get 0.
+    """
+    logp, safe_t, valid, count, e, shape = cache
+    N, K = logp.shape
+    q = np.full((N, K), e / K, dtype=logp.dtype)
+    q[np.arange(N), safe_t] += 1.0 - e
+    scale = float(dloss) / count if count else np.nan
+    g = (np.exp(logp) - q) * (valid[:, None] * scale)      # (N, K)
+    if len(shape) == 2:
+        return g
+    B, spatial = shape[0], shape[2:]
+    g = g.reshape((B,) + tuple(spatial) + (K,))            # (B*H*W, K) -> (B, H, W, K)
+    return np.moveaxis(g, -1, 1)                           # (B, H, W, K) -> (B, K, H, W)

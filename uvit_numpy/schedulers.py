@@ -1,0 +1,527 @@
+"""Noise schedules and samplers of discrete-time diffusion, under diffusers' names and interface.
+
+The forward process noises clean data x0 in T = `num_train_timesteps` steps:
+
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,   eps ~ N(0, I),   abar_t = prod_{s<=t} (1 - beta_s)
+
+and the network learns eps from (x_t, t) with a per-pixel mean-squared error (`epsilon_mse`).
+Three samplers run it backwards, each with diffusers' constructor arguments and defaults, its
+`set_timesteps(n)`, `.timesteps` and `step(model_output, timestep, sample, ...)`:
+
+* `DDPMScheduler`: ancestral sampling with the posterior variance (stochastic);
+* `DDIMScheduler`: the DDIM update, deterministic at eta = 0, DDPM-like at eta = 1;
+* `DPMSolverMultistepScheduler`: DPM-Solver++ (data prediction), orders 1 and 2.
+
+**Conventions, and how the U-ViT paper's map onto them.** Time is the integer t in 0..T-1 and
+abar_t = `alphas_cumprod[t]`; the network is fed t itself. The paper's pixel models (CIFAR-10,
+CelebA, ImageNet-64) use a continuous VP-SDE instead: beta(s) = 0.1 + 19.9 s on s in [0, 1], so
+abar(s) = exp(-0.1 s - 9.95 s^2), and feed the network 999 s, a float in [0, 999); its latent
+"discrete" models use diffusers' `scaled_linear` betas (0.00085 -> 0.012) but number the steps
+n = t + 1 in 1..1000 and feed n. Classifier-free guidance in the paper is
+eps = eps_c + s (eps_c - eps_u); diffusers' guidance_scale is w = 1 + s (the paper's s = 0.4 is
+w = 1.4), and w = 1 (s = 0) is plain conditional sampling. See `sampling.guided_epsilon`.
+
+**Precision.** Everything here is computed in float64 (betas, abar, every coefficient as a Python
+float) and applied to the sample in its own dtype. diffusers keeps betas and abar in float32 (and
+DPM-Solver casts the sample to float32 inside `step`), so the two agree to ~1e-7 relative per step,
+not to float64 rounding: that float32 table, not this code, sets the floor of the comparison.
+
+The torch twin (`uvit_torch.schedulers`) subclasses these classes: the schedule and every
+coefficient are this file's; it only swaps the array operations (clamp, random normal draws,
+timesteps as a tensor).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checks import check_floating
+from .losses import mse_loss
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+# --------------------------------------------------------------------------------------------------
+# Schedules
+# --------------------------------------------------------------------------------------------------
+def betas_for_alpha_bar(num_train_timesteps, max_beta=0.999):
+    """The cosine schedule of Nichol & Dhariwal (diffusers' `squaredcos_cap_v2`), float64 (T,).
+
+    abar(u) = cos^2((u + 0.008) / 1.008 * pi / 2) on u in [0, 1], and
+    beta_i = min(1 - abar((i + 1) / T) / abar(i / T), max_beta): the cap keeps the last betas < 1.
+    """
+    def abar(u):
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    T = num_train_timesteps
+    return np.array([min(1.0 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)])
+
+
+def make_betas(beta_schedule="linear", num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+               trained_betas=None):
+    """The betas (T,) float64 of a named schedule, as diffusers defines them.
+
+    "linear": linspace(beta_start, beta_end, T) (DDPM's 1e-4 -> 0.02);
+    "scaled_linear": linspace(sqrt(beta_start), sqrt(beta_end), T)**2 (Stable Diffusion's latents);
+    "squaredcos_cap_v2": `betas_for_alpha_bar` (beta_start and beta_end are not used).
+    `trained_betas`, if given, is used as it is.
+    """
+    if trained_betas is not None:
+        betas = np.asarray(trained_betas, dtype=np.float64)
+        if betas.ndim != 1 or len(betas) != num_train_timesteps:
+            raise ValueError(f"make_betas: expected trained_betas of shape ({num_train_timesteps},), "
+                             f"got {betas.shape}")
+        return betas
+    T = num_train_timesteps
+    if beta_schedule == "linear":
+        return np.linspace(beta_start, beta_end, T, dtype=np.float64)
+    if beta_schedule == "scaled_linear":
+        return np.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=np.float64) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        return betas_for_alpha_bar(T)
+    raise ValueError(f"make_betas: expected beta_schedule in {BETA_SCHEDULES}, got {beta_schedule!r}")
+
+
+def spaced_timesteps(timestep_spacing, num_train_timesteps, num_inference_steps, steps_offset=0):
+    """The n timesteps a sampler visits, largest first (int64 (n,)), as diffusers chooses them.
+
+    "leading": k * (T // n) + steps_offset for k = n-1 .. 0 (starts below T-1: 980 for n = 50);
+    "trailing": round(arange(T, 0, -T / n)) - 1 (starts at T-1: 999, 979, ... for n = 50);
+    "linspace": round(linspace(0, T-1, n)) reversed (999 ... 0).
+    """
+    T, n = num_train_timesteps, num_inference_steps
+    if timestep_spacing == "leading":
+        return (np.arange(n) * (T // n))[::-1].astype(np.int64) + steps_offset
+    if timestep_spacing == "trailing":
+        return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+    if timestep_spacing == "linspace":
+        return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
+    raise ValueError(f"expected timestep_spacing in {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
+
+
+def add_noise(original_samples, noise, timesteps, alphas_cumprod):
+    """The forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, one t per sample.
+
+    original_samples, noise: (B, ...) floating, the same shape. timesteps: (B,) ints in [0, T).
+    alphas_cumprod: (T,) float64. Returns (B, ...) in the samples' dtype.
+    """
+    check_floating("add_noise: original_samples", original_samples)
+    if tuple(noise.shape) != tuple(original_samples.shape):
+        raise ValueError(f"add_noise: expected noise shaped like the samples "
+                         f"{tuple(original_samples.shape)}, got {tuple(noise.shape)}")
+    t = np.asarray(timesteps)
+    if t.shape != (original_samples.shape[0],):
+        raise ValueError(f"add_noise: expected ({original_samples.shape[0]},) timesteps, one per "
+                         f"sample, got shape {t.shape}")
+    if t.min() < 0 or t.max() >= len(alphas_cumprod):
+        raise ValueError(f"add_noise: expected timesteps in [0, {len(alphas_cumprod)}), got values "
+                         f"in [{t.min()}, {t.max()}]")
+    abar = alphas_cumprod[t].astype(original_samples.dtype)             # (B,)
+    abar = abar.reshape((-1,) + (1,) * (original_samples.ndim - 1))     # (B, 1, ..., 1)
+    return np.sqrt(abar) * original_samples + np.sqrt(1.0 - abar) * noise
+
+
+def epsilon_mse(model_output, noise):
+    """The epsilon-prediction loss: mean over every element of (model_output - noise)^2.
+
+    This is the U-ViT paper's `LSimple` (squared error averaged over the non-batch axes, then over
+    the batch), i.e. `torch.nn.functional.mse_loss`; no per-timestep weighting.
+    """
+    return mse_loss(model_output, noise)
+
+
+# --------------------------------------------------------------------------------------------------
+# The samplers
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class SchedulerOutput:
+    """What `step` returns: the sample one step less noisy, and the x0 estimate if it has one."""
+    prev_sample: object
+    pred_original_sample: object = None
+
+
+class SchedulerConfig(dict):
+    """The constructor arguments, readable as `scheduler.config.name` (as diffusers' FrozenDict)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _DiscreteScheduler:
+    """What the three samplers share: the schedule tables, the timesteps, `add_noise`, the x0
+    estimate, and the array operations (NumPy here; the torch twin overrides the `_` hooks)."""
+
+    order = 1
+    init_noise_sigma = 1.0
+
+    def __init__(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                 prediction_type, timestep_spacing, steps_offset, **config):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"{type(self).__name__}: expected prediction_type in "
+                             f"{PREDICTION_TYPES}, got {prediction_type!r}")
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"{type(self).__name__}: expected timestep_spacing in "
+                             f"{TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
+        self.config = SchedulerConfig(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule, trained_betas=trained_betas,
+            prediction_type=prediction_type, timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset, **config)
+        self.betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end,
+                                trained_betas)                       # (T,) float64
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = np.cumprod(self.alphas)                # abar_t, (T,) float64
+        self.num_inference_steps = None
+        self.timesteps = self._as_timesteps(np.arange(num_train_timesteps)[::-1].copy())
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+    # --- array hooks (the torch twin overrides these four) ---------------------------------------
+    def _as_timesteps(self, timesteps):
+        return timesteps                                            # int64 (n,)
+
+    def _clip(self, x, low, high):
+        return np.clip(x, low, high)
+
+    def _randn_like(self, x, generator):
+        """N(0, 1) noise shaped like x, in x's dtype, from `generator` (a Generator or a seed)."""
+        rng = generator if isinstance(generator, np.random.Generator) \
+            else np.random.default_rng(generator)
+        return rng.standard_normal(x.shape).astype(x.dtype)
+
+    def _check_noise(self, noise, x):
+        if tuple(noise.shape) != tuple(x.shape):
+            raise ValueError(f"{type(self).__name__}.step: expected variance_noise shaped like "
+                             f"the sample {tuple(x.shape)}, got {tuple(noise.shape)}")
+        return noise
+
+    # --- shared pieces ------------------------------------------------------------------------
+    def add_noise(self, original_samples, noise, timesteps):
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (see the module function `add_noise`)."""
+        return add_noise(original_samples, noise, timesteps, self.alphas_cumprod)
+
+    def scale_model_input(self, sample, timestep=None):
+        """The network sees x_t unscaled with these samplers (diffusers' interface asks for it)."""
+        return sample
+
+    def _set_spaced_timesteps(self, num_inference_steps):
+        T = self.config.num_train_timesteps
+        if not 1 <= num_inference_steps <= T:
+            raise ValueError(f"{type(self).__name__}.set_timesteps: expected 1 <= "
+                             f"num_inference_steps <= num_train_timesteps = {T}, "
+                             f"got {num_inference_steps}")
+        self.num_inference_steps = num_inference_steps
+        ts = spaced_timesteps(self.config.timestep_spacing, T, num_inference_steps,
+                              self.config.steps_offset)
+        if ts.min() < 0 or ts.max() >= T:
+            raise ValueError(f"{type(self).__name__}.set_timesteps: steps_offset "
+                             f"{self.config.steps_offset} moves the timesteps to [{ts.min()}, "
+                             f"{ts.max()}], outside [0, {T})")
+        self._timesteps = ts                                         # NumPy copy, for lookups
+        self.timesteps = self._as_timesteps(ts.copy())
+
+    def _check_step(self, model_output, timestep, sample):
+        name = type(self).__name__
+        if self.num_inference_steps is None:
+            raise ValueError(f"{name}.step: call set_timesteps(n) before step")
+        check_floating(f"{name}.step: sample", sample)
+        check_floating(f"{name}.step: model_output", model_output)
+        if tuple(model_output.shape) != tuple(sample.shape):
+            raise ValueError(f"{name}.step: expected model_output shaped like the sample "
+                             f"{tuple(sample.shape)}, got {tuple(model_output.shape)}")
+        t = int(timestep)
+        if not 0 <= t < self.config.num_train_timesteps:
+            raise ValueError(f"{name}.step: expected a timestep in [0, "
+                             f"{self.config.num_train_timesteps}), got {t}")
+        return t
+
+    def _predict_x0(self, model_output, t, sample):
+        """x0 and eps estimates from the network output at time t (as floats times arrays)."""
+        abar = float(self.alphas_cumprod[t])
+        a, s = math.sqrt(abar), math.sqrt(1.0 - abar)               # signal and noise scales
+        kind = self.config.prediction_type
+        if kind == "epsilon":                                        # x0 = (x - s eps) / a
+            return (sample - s * model_output) / a, model_output
+        if kind == "sample":
+            return model_output, (sample - a * model_output) / s
+        # "v_prediction": v = a eps - s x0, so x0 = a x - s v and eps = a v + s x
+        return a * sample - s * model_output, a * model_output + s * sample
+
+    def _maybe_clip(self, x0):
+        if self.config.clip_sample:
+            r = self.config.clip_sample_range
+            return self._clip(x0, -r, r)
+        return x0
+
+
+class DDPMScheduler(_DiscreteScheduler):
+    """Ancestral DDPM sampling (Ho et al. 2020, eq. 7), as diffusers' `DDPMScheduler`.
+
+    From x_t, with abar' = abar at the previous visited timestep (1 past the end) and
+    beta' = 1 - abar_t / abar':
+        x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)            (clipped if clip_sample)
+        mean = sqrt(abar') beta' / (1 - abar_t) x0 + sqrt(1 - beta') (1 - abar') / (1 - abar_t) x_t
+        x_prev = mean + sqrt(var) z  (only for t > 0),
+    var = (1 - abar') / (1 - abar_t) beta' ("fixed_small", floored at 1e-20) or beta'
+    ("fixed_large"). With n < T steps the chain is strided but uses the same formulas. Defaults as
+    diffusers': note **clip_sample=True**; the U-ViT paper never clips.
+    """
+
+    def __init__(self, num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                 beta_schedule="linear", trained_betas=None, variance_type="fixed_small",
+                 clip_sample=True, prediction_type="epsilon", clip_sample_range=1.0,
+                 timestep_spacing="leading", steps_offset=0):
+        if variance_type not in ("fixed_small", "fixed_large"):
+            raise ValueError(f"DDPMScheduler: expected variance_type 'fixed_small' or "
+                             f"'fixed_large', got {variance_type!r}")
+        super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                         prediction_type, timestep_spacing, steps_offset,
+                         variance_type=variance_type, clip_sample=clip_sample,
+                         clip_sample_range=clip_sample_range)
+        self._timesteps = None                                      # all T steps until set
+
+    def set_timesteps(self, num_inference_steps):
+        """Visit `num_inference_steps` timesteps (`timestep_spacing`), largest first."""
+        self._set_spaced_timesteps(num_inference_steps)
+
+    def previous_timestep(self, timestep):
+        """The next timestep in `.timesteps` (-1 after the last); t - 1 before set_timesteps."""
+        t = int(timestep)
+        if self._timesteps is None:
+            return t - 1
+        where = np.flatnonzero(self._timesteps == t)
+        if len(where) == 0:
+            raise ValueError(f"DDPMScheduler: timestep {t} is not one of the timesteps set by "
+                             f"set_timesteps ({self._timesteps[:3].tolist()} ...)")
+        i = int(where[0])
+        return -1 if i == len(self._timesteps) - 1 else int(self._timesteps[i + 1])
+
+    def step(self, model_output, timestep, sample, generator=None, variance_noise=None,
+             return_dict=True):
+        """One step from x_t to x_prev. `variance_noise` (shaped like the sample) replaces the
+        draw from `generator`, so a stochastic run can be replayed exactly; no noise is added at
+        t = 0, and none is drawn. Returns a `SchedulerOutput` (or a tuple)."""
+        if self._timesteps is None:
+            self.num_inference_steps = self.config.num_train_timesteps
+        t = self._check_step(model_output, timestep, sample)
+        prev_t = self.previous_timestep(t)
+        abar_t = float(self.alphas_cumprod[t])
+        abar_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else 1.0
+        beta_t = 1.0 - abar_t / abar_prev                           # beta' of this (strided) step
+        x0 = self._maybe_clip(self._predict_x0(model_output, t, sample)[0])
+        coef_x0 = math.sqrt(abar_prev) * beta_t / (1.0 - abar_t)
+        coef_xt = math.sqrt(1.0 - beta_t) * (1.0 - abar_prev) / (1.0 - abar_t)
+        prev = coef_x0 * x0 + coef_xt * sample
+        if t > 0:
+            z = self._randn_like(sample, generator) if variance_noise is None \
+                else self._check_noise(variance_noise, sample)
+            if self.config.variance_type == "fixed_small":
+                var = max((1.0 - abar_prev) / (1.0 - abar_t) * beta_t, 1e-20)
+            else:                                                    # "fixed_large"
+                var = beta_t
+            prev = prev + math.sqrt(var) * z
+        return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
+
+
+class DDIMScheduler(_DiscreteScheduler):
+    """DDIM (Song et al. 2021, eq. 12), as diffusers' `DDIMScheduler`.
+
+    From x_t to the timestep **t - T // n** (diffusers' rule, whatever the spacing), with
+    abar' its abar (or `final_alpha_cumprod` below 0: 1 if set_alpha_to_one, else abar_0):
+        x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)           (clipped if clip_sample)
+        sigma = eta sqrt((1 - abar') / (1 - abar_t) (1 - abar_t / abar'))
+        x_prev = sqrt(abar') x0 + sqrt(1 - abar' - sigma^2) eps + sigma z.
+    eta = 0 is deterministic; eta = 1 has DDPM's variance. Defaults as diffusers' (clip_sample=True).
+    """
+
+    def __init__(self, num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                 beta_schedule="linear", trained_betas=None, clip_sample=True,
+                 set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
+                 clip_sample_range=1.0, timestep_spacing="leading"):
+        super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                         prediction_type, timestep_spacing, steps_offset, clip_sample=clip_sample,
+                         set_alpha_to_one=set_alpha_to_one, clip_sample_range=clip_sample_range)
+        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
+
+    def set_timesteps(self, num_inference_steps):
+        """Visit `num_inference_steps` timesteps (`timestep_spacing`), largest first."""
+        self._set_spaced_timesteps(num_inference_steps)
+
+    def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False,
+             generator=None, variance_noise=None, return_dict=True):
+        """One DDIM step. With eta > 0, noise comes from `variance_noise` (shaped like the sample)
+        or is drawn from `generator`. Returns a `SchedulerOutput` (or a tuple)."""
+        t = self._check_step(model_output, timestep, sample)
+        if variance_noise is not None and generator is not None:
+            raise ValueError("DDIMScheduler.step: pass generator or variance_noise, not both")
+        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        abar_t = float(self.alphas_cumprod[t])
+        abar_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else self.final_alpha_cumprod
+        x0, eps = self._predict_x0(model_output, t, sample)
+        x0 = self._maybe_clip(x0)
+        if use_clipped_model_output:                                 # eps consistent with x0
+            eps = (sample - math.sqrt(abar_t) * x0) / math.sqrt(1.0 - abar_t)
+        variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
+        sigma = eta * math.sqrt(variance)
+        prev = math.sqrt(abar_prev) * x0 + math.sqrt(1.0 - abar_prev - sigma ** 2) * eps
+        if eta > 0:
+            z = self._randn_like(sample, generator) if variance_noise is None \
+                else self._check_noise(variance_noise, sample)
+            prev = prev + sigma * z
+        return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
+
+
+class DPMSolverMultistepScheduler(_DiscreteScheduler):
+    """DPM-Solver++ multistep (Lu et al. 2022), orders 1 and 2, as diffusers' scheduler of this
+    name with `algorithm_type="dpmsolver++"`.
+
+    It works in the half-log-SNR lambda = log(alpha) - log(sigma), alpha = sqrt(abar),
+    sigma = sqrt(1 - abar), on the data prediction D = (x - sigma eps) / alpha. From s to t with
+    h = lambda_t - lambda_s:
+        order 1:  x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) D_s       (= DDIM, eta 0)
+        order 2 (midpoint): with r = h_prev / h and D1 = (D_s - D_prev) / r,
+                  x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) (D_s + D1 / 2)
+        order 2 (heun):  ... - alpha_t (e^-h - 1) D_s + alpha_t ((e^-h - 1) / h + 1) D1
+    The first step has no history and is order 1, and so is the last when lower_order_final (and
+    n < 15), euler_at_final, or final_sigmas_type="zero": the step to sigma = 0 returns exactly D.
+    Timesteps: n of n+1 spaced points (the last, 0, dropped); default spacing "linspace"
+    (999, 949, ..., 50 for n = 20). Stateful: `set_timesteps` resets the history, so call it before
+    every run and call `step` once per network evaluation, in order.
+    """
+
+    def __init__(self, num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                 beta_schedule="linear", trained_betas=None, solver_order=2,
+                 prediction_type="epsilon", algorithm_type="dpmsolver++", solver_type="midpoint",
+                 lower_order_final=True, euler_at_final=False, final_sigmas_type="zero",
+                 timestep_spacing="linspace", steps_offset=0):
+        if solver_order not in (1, 2):
+            raise ValueError(f"DPMSolverMultistepScheduler: expected solver_order 1 or 2, "
+                             f"got {solver_order}")
+        if algorithm_type != "dpmsolver++":
+            raise ValueError(f"DPMSolverMultistepScheduler: only algorithm_type='dpmsolver++' is "
+                             f"implemented, got {algorithm_type!r}")
+        if solver_type not in ("midpoint", "heun"):
+            raise ValueError(f"DPMSolverMultistepScheduler: expected solver_type 'midpoint' or "
+                             f"'heun', got {solver_type!r}")
+        if final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(f"DPMSolverMultistepScheduler: expected final_sigmas_type 'zero' or "
+                             f"'sigma_min', got {final_sigmas_type!r}")
+        super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                         prediction_type, timestep_spacing, steps_offset,
+                         solver_order=solver_order, algorithm_type=algorithm_type,
+                         solver_type=solver_type, lower_order_final=lower_order_final,
+                         euler_at_final=euler_at_final, final_sigmas_type=final_sigmas_type,
+                         clip_sample=False)
+        self.model_outputs = [None] * solver_order
+        self.lower_order_nums = 0
+        self._step_index = None
+
+    def set_timesteps(self, num_inference_steps):
+        """n timesteps from n + 1 spaced points without the last; resets the solver's history.
+
+        "linspace": round(linspace(0, T-1, n+1)) reversed, last dropped; "leading":
+        k * (T // (n+1)) + steps_offset for k = n .. 1; "trailing": round(arange(T, 0, -T/n)) - 1.
+        """
+        T, n = self.config.num_train_timesteps, num_inference_steps
+        if not 1 <= n <= T:
+            raise ValueError(f"DPMSolverMultistepScheduler.set_timesteps: expected 1 <= "
+                             f"num_inference_steps <= {T}, got {n}")
+        spacing = self.config.timestep_spacing
+        if spacing == "linspace":
+            ts = np.linspace(0, T - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+        elif spacing == "leading":
+            ts = (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1].astype(np.int64)
+            ts = ts + self.config.steps_offset
+        else:                                                        # "trailing"
+            ts = np.arange(T, 0, -T / n).round().astype(np.int64) - 1
+        abar = self.alphas_cumprod
+        sigma_ve = np.sqrt((1.0 - abar) / abar)                      # diffusers' "sigma", (T,)
+        last = sigma_ve[0] if self.config.final_sigmas_type == "sigma_min" else 0.0
+        self.sigmas = np.concatenate([sigma_ve[ts], [last]])        # (n + 1,) float64
+        self._timesteps = ts
+        self.timesteps = self._as_timesteps(ts.copy())
+        self.num_inference_steps = len(ts)
+        self.model_outputs = [None] * self.config.solver_order
+        self.lower_order_nums = 0
+        self._step_index = None
+
+    @property
+    def step_index(self):
+        return self._step_index
+
+    def _alpha_sigma(self, i):
+        """(alpha, sigma) = (1 / sqrt(sigma_ve^2 + 1), sigma_ve alpha) at grid point i."""
+        s = float(self.sigmas[i])
+        alpha = 1.0 / math.sqrt(s * s + 1.0)
+        return alpha, s * alpha
+
+    def _lambda(self, i):
+        alpha, sigma = self._alpha_sigma(i)
+        return math.log(alpha) - math.log(sigma)
+
+    def convert_model_output(self, model_output, sample):
+        """The data prediction D = (x - sigma eps) / alpha at the current grid point."""
+        alpha, sigma = self._alpha_sigma(self._step_index)
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return (sample - sigma * model_output) / alpha
+        if kind == "sample":
+            return model_output
+        return alpha * sample - sigma * model_output                 # "v_prediction"
+
+    def _first_order(self, D0, sample):
+        i = self._step_index
+        alpha_t, sigma_t = self._alpha_sigma(i + 1)
+        if sigma_t == 0.0:                                           # lambda_t = +inf: x_t = D0
+            return 0.0 * sample + D0
+        alpha_s, sigma_s = self._alpha_sigma(i)
+        h = self._lambda(i + 1) - self._lambda(i)
+        return (sigma_t / sigma_s) * sample - (alpha_t * math.expm1(-h)) * D0
+
+    def _second_order(self, D0, D_prev, sample):
+        i = self._step_index
+        alpha_t, sigma_t = self._alpha_sigma(i + 1)
+        _, sigma_s0 = self._alpha_sigma(i)
+        lam_t, lam_s0, lam_s1 = self._lambda(i + 1), self._lambda(i), self._lambda(i - 1)
+        h, h_0 = lam_t - lam_s0, lam_s0 - lam_s1
+        D1 = (1.0 / (h_0 / h)) * (D0 - D_prev)
+        phi = alpha_t * math.expm1(-h)                              # alpha_t (e^-h - 1)
+        if self.config.solver_type == "midpoint":
+            return (sigma_t / sigma_s0) * sample - phi * D0 - 0.5 * phi * D1
+        return (sigma_t / sigma_s0) * sample - phi * D0 + alpha_t * (math.expm1(-h) / h + 1) * D1
+
+    def step(self, model_output, timestep, sample, generator=None, variance_noise=None,
+             return_dict=True):
+        """One solver step. The order: 1 without history, at the last step as described above,
+        else `solver_order`. Returns a `SchedulerOutput` (or a tuple)."""
+        t = self._check_step(model_output, timestep, sample)
+        if self._step_index is None:
+            where = np.flatnonzero(self._timesteps == t)
+            self._step_index = int(where[0]) if len(where) else len(self._timesteps) - 1
+        i, n = self._step_index, len(self._timesteps)
+        if i >= n:
+            raise ValueError(f"DPMSolverMultistepScheduler.step: all {n} steps are done; call "
+                             f"set_timesteps again for a new run")
+        c = self.config
+        lower_final = i == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15)
+                                      or c.final_sigmas_type == "zero")
+        D0 = self.convert_model_output(model_output, sample)
+        self.model_outputs = self.model_outputs[1:] + [D0]           # history, newest last
+        if c.solver_order == 1 or self.lower_order_nums < 1 or lower_final:
+            prev = self._first_order(D0, sample)
+        else:
+            prev = self._second_order(D0, self.model_outputs[-2], sample)
+        self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
+        self._step_index += 1
+        return SchedulerOutput(prev, D0) if return_dict else (prev,)
+
+
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler,
+              "dpmsolver++": DPMSolverMultistepScheduler}

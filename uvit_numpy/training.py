@@ -1,0 +1,226 @@
+"""What the two trainers share: named training configs, the run's randomness, the learning-rate and
+EMA schedules, checkpoints and the loss log. Torch-free, so the NumPy trainer (`uvit_numpy.train`)
+and the torch trainer (`uvit_torch.train`) read the same file and can replay the same run.
+
+**Randomness as a pure function of (seed, step).** Every random number of step n (which digits
+are in the batch, which labels are dropped to the null class, the timesteps and the noise, or the
+masked positions) comes from `np.random.default_rng([seed, stream, n])`, and the digits are visited
+in a fresh permutation per epoch, `default_rng([seed, 0, epoch])`. Nothing random is carried from
+step to step, so `--resume` needs no generator state to be exact, both packages draw the same
+numbers, and data-parallel ranks can each take their slice of the same global batch. The initial
+weights are the NumPy model's, drawn from `seed` (the torch trainer copies them in).
+
+**Checkpoints** are one safetensors file: the weights under `model.`, their moving average under
+`ema.`, the AdamW moments under `optim.exp_avg.` and `optim.exp_avg_sq.` (keyed by parameter name),
+and a JSON header with the step, the config and the optimizer's step counts. Written to a
+temporary file and renamed (`os.replace`), so an interruption leaves the previous checkpoint whole.
+"""
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------------
+# Named configs
+# --------------------------------------------------------------------------------------------------
+_DIGITS_DIFFUSION = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                         beta_end=0.02)
+
+TRAIN_CONFIGS = {
+    # The shipped diffusion model: a class-conditional U-ViT for the 28x28 digits.
+    "uvit-digits": dict(
+        task="diffusion",
+        model=dict(img_size=28, patch_size=4, in_chans=1, embed_dim=96, depth=6, num_heads=4,
+                   mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False, num_classes=11,
+                   conv=True, skip=True),
+        diffusion=_DIGITS_DIFFUSION, p_uncond=0.1,
+        batch_size=64, steps=16000, lr=5e-4, warmup_steps=100, weight_decay=0.03,
+        betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
+        checkpoint_every=500, log_every=25,
+        sampling=dict(scheduler="dpmsolver++", steps=20, guidance_scale=2.0)),
+    # A few-second version for tests and smoke runs (not a model that makes digits).
+    "uvit-tiny": dict(
+        task="diffusion",
+        model=dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+                   mlp_ratio=2.0, qkv_bias=False, mlp_time_embed=False, num_classes=11,
+                   conv=True, skip=True),
+        diffusion=_DIGITS_DIFFUSION, p_uncond=0.1,
+        batch_size=16, steps=20, lr=1e-3, warmup_steps=5, weight_decay=0.03,
+        betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
+        checkpoint_every=10, log_every=5,
+        sampling=dict(scheduler="dpmsolver++", steps=5, guidance_scale=2.0)),
+}
+
+
+def train_config(name, **overrides):
+    """A copy of `TRAIN_CONFIGS[name]` with top-level `overrides` applied (None values ignored)."""
+    if name not in TRAIN_CONFIGS:
+        raise ValueError(f"unknown training config {name!r}; expected one of "
+                         f"{sorted(TRAIN_CONFIGS)}")
+    cfg = json.loads(json.dumps(TRAIN_CONFIGS[name]))               # a deep copy
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in cfg:
+            raise ValueError(f"train_config: {name!r} has no setting {key!r}; expected one of "
+                             f"{sorted(cfg)}")
+        cfg[key] = value
+    cfg["name"] = name
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Schedules of the optimisation
+# --------------------------------------------------------------------------------------------------
+def warmup_lr(step, lr, warmup_steps):
+    """The learning rate of optimizer step `step` (1, 2, ...): linear warm-up from lr / warmup to
+    lr over `warmup_steps` steps, then constant (the U-ViT paper's schedule)."""
+    if warmup_steps <= 0:
+        return lr
+    return lr * min(1.0, step / warmup_steps)
+
+
+def ema_decay(step, max_decay):
+    """The EMA decay after optimizer step `step`: min(max_decay, (1 + step) / (10 + step)).
+
+    The warm-up (diffusers' `EMAModel` rule in its older form) keeps a short run's average from
+    being mostly the random initial weights: 0.9999 for 2,000 steps would leave 82 % of them.
+    """
+    return min(max_decay, (1.0 + step) / (10.0 + step))
+
+
+# --------------------------------------------------------------------------------------------------
+# The run's randomness
+# --------------------------------------------------------------------------------------------------
+STREAM_EPOCH, STREAM_STEP = 0, 1
+
+
+def step_rng(seed, step):
+    """The generator of step `step`'s random numbers (labels dropped, timesteps, noise, masks)."""
+    return np.random.default_rng([seed, STREAM_STEP, step])
+
+
+def batch_indices(seed, step, batch_size, n):
+    """Indices (batch_size,) of the examples in step `step`'s batch (steps count from 1).
+
+    The examples are visited epoch by epoch, each epoch in its own permutation
+    `default_rng([seed, 0, epoch]).permutation(n)`; a batch that crosses the end of an epoch takes
+    the rest from the next one.
+    """
+    start = (step - 1) * batch_size
+    out = np.empty(batch_size, dtype=np.int64)
+    filled = 0
+    while filled < batch_size:
+        epoch, offset = divmod(start + filled, n)
+        order = np.random.default_rng([seed, STREAM_EPOCH, epoch]).permutation(n)
+        take = min(batch_size - filled, n - offset)
+        out[filled:filled + take] = order[offset:offset + take]
+        filled += take
+    return out
+
+
+def diffusion_batch(images, labels, cfg, seed, step, dtype=np.float32):
+    """Step `step`'s batch of the diffusion task, as NumPy arrays.
+
+    images: (N, H, W) in [-1, 1]; labels: (N,) ints. Returns a dict with
+    x0 (B, 1, H, W), y (B,) (each replaced by the null class `num_classes - 1` with probability
+    p_uncond), t (B,) ints in [0, T), noise (B, 1, H, W) ~ N(0, I), in `dtype`.
+    """
+    B = cfg["batch_size"]
+    idx = batch_indices(seed, step, B, len(images))
+    rng = step_rng(seed, step)
+    null = cfg["model"]["num_classes"] - 1
+    drop = rng.random(B) < cfg["p_uncond"]                          # True: condition dropped
+    y = np.where(drop, null, labels[idx]).astype(np.int64)
+    t = rng.integers(0, cfg["diffusion"]["num_train_timesteps"], size=B).astype(np.int64)
+    x0 = images[idx][:, None].astype(dtype)                        # (B, H, W) -> (B, 1, H, W)
+    noise = rng.standard_normal(x0.shape).astype(dtype)
+    return {"x0": x0, "y": y, "t": t, "noise": noise}
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+def save_checkpoint(path, arrays, meta):
+    """Write `{name: array}` and the JSON-able `meta` to one safetensors file, atomically."""
+    from safetensors.numpy import save_file
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    save_file(tensors, tmp, metadata={"meta": json.dumps(meta)})
+    os.replace(tmp, path)                                          # atomic on POSIX and Windows
+
+
+def load_checkpoint(path):
+    """(arrays, meta) from a checkpoint written by `save_checkpoint`."""
+    from safetensors import safe_open
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+    with safe_open(path, framework="numpy") as f:
+        meta = f.metadata() or {}
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    if "meta" not in meta:
+        raise ValueError(f"{path!r} is not a checkpoint of this project's trainers (its header "
+                         f"has no 'meta' entry)")
+    return arrays, json.loads(meta["meta"])
+
+
+def split_prefix(arrays, prefix):
+    """The entries of `arrays` whose key starts with `prefix`, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def check_resume(meta, cfg, path):
+    """A checkpoint may only be resumed by the config that wrote it (steps may be extended)."""
+    old = {k: v for k, v in meta["config"].items() if k != "steps"}
+    new = {k: v for k, v in json.loads(json.dumps(cfg)).items() if k != "steps"}
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"--resume: {path!r} was written with a different config (differs in "
+                         f"{diff}); resume it with the same settings")
+
+
+# --------------------------------------------------------------------------------------------------
+# The loss log
+# --------------------------------------------------------------------------------------------------
+LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
+
+
+class LossLog:
+    """`log.csv` in the run folder: one row per logged step. On resume, rows after the checkpoint's
+    step (written before an interruption) are dropped, so the log is that of one unbroken run."""
+
+    def __init__(self, path, resume_step=0):
+        self.path = path
+        rows = []
+        if resume_step and os.path.isfile(path):
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, **row):
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+
+
+def read_log(path):
+    """The loss log as a dict of float arrays, one per column."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in LOG_FIELDS}
+
+
+def check_finite(loss, step, checkpoint_path, last_step):
+    """Stop the run on a non-finite loss, naming the last good checkpoint (which is kept)."""
+    if not math.isfinite(loss):
+        where = (f"the last good checkpoint (step {last_step}) is kept at {checkpoint_path}"
+                 if last_step else "no checkpoint was written yet")
+        raise FloatingPointError(f"the loss is {loss} at step {step}; stopping: {where}. "
+                                 f"Try a lower --lr or a smaller --grad-clip.")

@@ -1,0 +1,83 @@
+"""The samplers of `uvit_numpy.schedulers` on torch tensors: same classes, arguments and formulas.
+
+Each class subclasses its NumPy twin: the schedule tables and every coefficient (float64 Python
+floats) are computed there, once; this file swaps the array operations, so that `.timesteps` is an
+int64 tensor, `step` takes and returns tensors, clamping is `torch.clamp`, and noise is drawn with
+`torch.randn(..., generator=torch.Generator)` in the sample's dtype and device. A sample in float32
+stays float32: the coefficients are Python floats.
+"""
+
+import numpy as np
+import torch
+
+from uvit_numpy import schedulers as _np
+from uvit_numpy.schedulers import (BETA_SCHEDULES, PREDICTION_TYPES, SCHEDULERS,  # noqa: F401
+                                   TIMESTEP_SPACINGS, SchedulerOutput, betas_for_alpha_bar,
+                                   make_betas, spaced_timesteps)
+
+from .losses import mse_loss
+
+__all__ = ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "SchedulerOutput",
+           "add_noise", "epsilon_mse", "make_betas", "spaced_timesteps", "SCHEDULERS"]
+
+
+def add_noise(original_samples, noise, timesteps, alphas_cumprod):
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for tensors; alphas_cumprod (T,) float64."""
+    if tuple(noise.shape) != tuple(original_samples.shape):
+        raise ValueError(f"add_noise: expected noise shaped like the samples "
+                         f"{tuple(original_samples.shape)}, got {tuple(noise.shape)}")
+    t = torch.as_tensor(timesteps, device=original_samples.device).long()
+    if t.shape != (original_samples.shape[0],):
+        raise ValueError(f"add_noise: expected ({original_samples.shape[0]},) timesteps, one per "
+                         f"sample, got shape {tuple(t.shape)}")
+    if int(t.min()) < 0 or int(t.max()) >= len(alphas_cumprod):
+        raise ValueError(f"add_noise: expected timesteps in [0, {len(alphas_cumprod)}), got values "
+                         f"in [{int(t.min())}, {int(t.max())}]")
+    table = torch.as_tensor(np.asarray(alphas_cumprod), device=original_samples.device)
+    abar = table[t].to(original_samples.dtype)                        # (B,)
+    abar = abar.reshape((-1,) + (1,) * (original_samples.ndim - 1))   # (B, 1, ..., 1)
+    return abar.sqrt() * original_samples + (1.0 - abar).sqrt() * noise
+
+
+def epsilon_mse(model_output, noise):
+    """The epsilon-prediction loss, `F.mse_loss(model_output, noise)` (mean over every element)."""
+    return mse_loss(model_output, noise)
+
+
+class _TorchOps:
+    """The array hooks of `uvit_numpy.schedulers._DiscreteScheduler`, for tensors."""
+
+    def _as_timesteps(self, timesteps):
+        return torch.from_numpy(np.ascontiguousarray(timesteps, dtype=np.int64))
+
+    def _clip(self, x, low, high):
+        return x.clamp(low, high)
+
+    def _randn_like(self, x, generator):
+        """N(0, 1) like x (its dtype and device) from a torch.Generator (or the global one)."""
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    def _check_noise(self, noise, x):
+        if not isinstance(noise, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}.step: expected variance_noise as a "
+                            f"torch.Tensor, got {type(noise).__name__}")
+        return super()._check_noise(noise.to(x.dtype), x)
+
+    def add_noise(self, original_samples, noise, timesteps):
+        return add_noise(original_samples, noise, timesteps, self.alphas_cumprod)
+
+
+class DDPMScheduler(_TorchOps, _np.DDPMScheduler):
+    __doc__ = _np.DDPMScheduler.__doc__
+
+
+class DDIMScheduler(_TorchOps, _np.DDIMScheduler):
+    __doc__ = _np.DDIMScheduler.__doc__
+
+
+class DPMSolverMultistepScheduler(_TorchOps, _np.DPMSolverMultistepScheduler):
+    __doc__ = _np.DPMSolverMultistepScheduler.__doc__
+
+
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler,
+              "dpmsolver++": DPMSolverMultistepScheduler}
