@@ -1,4 +1,4 @@
-"""The forward passes of both models, as pure NumPy functions.
+"""The forward and backward passes of both models, as pure NumPy functions.
 
 Each function is one idea, with the shapes it takes and returns in its docstring, in one glossary:
 B batch, L image tokens, S text tokens, C channels, H x W grid, nh heads, hd head dim, K codebook
@@ -7,13 +7,19 @@ promote it: constants are Python floats, so NEP 50 keeps float32 arrays float32.
 
 Inputs are checked first; a wrong shape, rank or dtype raises a `ValueError` or `TypeError` that
 names what was expected and what arrived.
+
+**Backward passes, CS231n style.** A forward that has parameters or needs more than its input to
+differentiate takes `return_cache=True` and then returns `(out, cache)`; `f_backward(dy, cache)`
+sits right under it, takes the upstream gradient dy = dLoss/d out (shaped like out) and returns
+the gradients of the inputs and parameters, in the order of the forward's arguments (None for an
+absent parameter). Each docstring gives the formula. The timestep sinusoids take no gradient.
 """
 
 import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.special import erf
+from scipy.special import erf, expit
 
 from .checks import check_dim, check_floating, check_integer, check_range, check_rank
 
@@ -21,7 +27,7 @@ from .checks import check_dim, check_floating, check_integer, check_range, check
 # --------------------------------------------------------------------------------------------------
 # Linear maps and embeddings
 # --------------------------------------------------------------------------------------------------
-def linear(x, weight, bias=None):
+def linear(x, weight, bias=None, return_cache=False):
     """y = x W^T + b on the last axis.
 
     x: (..., in). weight: (out, in), as torch stores it. bias: (out,) or None. Returns (..., out).
@@ -32,23 +38,52 @@ def linear(x, weight, bias=None):
     check_dim("linear: x", x, -1, weight.shape[1], "in_features")
     y = x.reshape(-1, x.shape[-1]) @ weight.T             # (rows, in) @ (in, out) -> (rows, out)
     y = y.reshape(x.shape[:-1] + (weight.shape[0],))      # (rows, out) -> (..., out)
-    return y if bias is None else y + bias
+    y = y if bias is None else y + bias
+    return (y, (x, weight, bias is not None)) if return_cache else y
 
 
-def embedding(ids, weight):
+def linear_backward(dy, cache):
+    """Gradients of `linear`. dy: (..., out). Returns (dx (..., in), dweight (out, in), dbias).
+
+    With the leading axes flattened to M rows: dx = dy W, dW = dy^T x, db = sum of dy's rows (over
+    every leading axis, not just the first).
+    """
+    x, weight, has_bias = cache
+    dy2 = dy.reshape(-1, dy.shape[-1])                    # (..., out) -> (M, out)
+    x2 = x.reshape(-1, x.shape[-1])                       # (..., in) -> (M, in)
+    dx = (dy2 @ weight).reshape(x.shape)                  # (M, out) @ (out, in) -> (..., in)
+    dweight = dy2.T @ x2                                  # (out, M) @ (M, in) -> (out, in)
+    dbias = dy2.sum(axis=0) if has_bias else None         # (out,)
+    return dx, dweight, dbias
+
+
+def embedding(ids, weight, return_cache=False):
     """Row lookup: out[..., :] = weight[ids[...], :].
 
     ids: integer array of any shape with values in [0, V). weight: (V, C). Returns ids.shape + (C,).
     """
     check_integer("embedding: ids", ids)
     check_range("embedding: ids", ids, 0, weight.shape[0])
-    return weight[ids]                                    # (...) -> (..., C)
+    out = weight[ids]                                     # (...) -> (..., C)
+    return (out, (ids, weight.shape)) if return_cache else out
+
+
+def embedding_backward(dy, cache):
+    """Gradient of `embedding` w.r.t. its table (ids get none). dy: ids.shape + (C,).
+
+    dW[v] = sum of dy over every position whose id is v: `np.add.at` accumulates repeated ids,
+    where `dW[ids] += dy` would keep only one of them (buffered fancy indexing).
+    """
+    ids, (V, C) = cache
+    dweight = np.zeros((V, C), dtype=dy.dtype)
+    np.add.at(dweight, ids.reshape(-1), dy.reshape(-1, C))  # (N,), (N, C) -> (V, C)
+    return dweight
 
 
 # --------------------------------------------------------------------------------------------------
 # Normalisation
 # --------------------------------------------------------------------------------------------------
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, return_cache=False):
     """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias.
 
     x: (..., C). weight, bias: (C,) or None. Returns an array shaped like x.
@@ -60,15 +95,38 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     mean = np.mean(x, axis=-1, keepdims=True)             # (..., 1)
     centred = x - mean                                    # (..., C)
     var = np.mean(centred * centred, axis=-1, keepdims=True)  # (..., 1), biased
-    y = centred / np.sqrt(var + eps)
-    if weight is not None:
-        y = y * weight
+    std = np.sqrt(var + eps)                              # (..., 1)
+    xhat = centred / std
+    y = xhat if weight is None else xhat * weight
     if bias is not None:
         y = y + bias
-    return y
+    return (y, (xhat, 1.0 / std, weight, bias is not None)) if return_cache else y
 
 
-def rms_norm(x, weight=None, bias=None, eps=1e-6):
+def _sum_leading(a):
+    """Sum over every axis but the last: (..., C) -> (C,)."""
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)
+
+
+def layer_norm_backward(dy, cache):
+    """Gradients of `layer_norm`. dy: (..., C). Returns (dx, dweight, dbias).
+
+    With xhat = (x - mean) r, r = 1 / sqrt(var + eps) and g = dy * weight (means over C):
+        dx = r (g - mean(g) - xhat mean(g xhat)),  dweight = sum dy xhat,  dbias = sum dy.
+    Both subtracted terms matter; the second vanishes for an all-ones dy, which is why tests use a
+    random one.
+    """
+    xhat, rstd, weight, has_bias = cache
+    g = dy if weight is None else dy * weight             # (..., C)
+    mean_g = g.mean(axis=-1, keepdims=True)               # (..., 1)
+    mean_gx = (g * xhat).mean(axis=-1, keepdims=True)     # (..., 1)
+    dx = rstd * (g - mean_g - xhat * mean_gx)
+    dweight = None if weight is None else _sum_leading(dy * xhat)
+    dbias = _sum_leading(dy) if has_bias else None
+    return dx, dweight, dbias
+
+
+def rms_norm(x, weight=None, bias=None, eps=1e-6, return_cache=False):
     """Root-mean-square normalisation over the last axis (no mean is subtracted).
 
     x: (..., C). weight, bias: (C,) or None. Returns an array shaped like x.
@@ -81,15 +139,31 @@ def rms_norm(x, weight=None, bias=None, eps=1e-6):
         check_dim("rms_norm: x", x, -1, weight.shape[0], "channels")
     xr = x.astype(np.float32) if x.dtype == np.float16 else x
     ms = np.mean(xr * xr, axis=-1, keepdims=True)         # (..., 1)
-    y = (xr / np.sqrt(ms + eps)).astype(x.dtype)
-    if weight is not None:
-        y = y * weight
+    rms = np.sqrt(ms + eps)                               # (..., 1)
+    xhat = (xr / rms).astype(x.dtype)
+    y = xhat if weight is None else xhat * weight
     if bias is not None:
         y = y + bias
-    return y
+    return (y, (xhat, (1.0 / rms).astype(x.dtype), weight, bias is not None)) \
+        if return_cache else y
 
 
-def global_response_norm(x, gamma, beta, eps=1e-6):
+def rms_norm_backward(dy, cache):
+    """Gradients of `rms_norm`. dy: (..., C). Returns (dx, dweight, dbias).
+
+    With xhat = x r, r = 1 / sqrt(mean(x^2) + eps) and g = dy * weight (or dy):
+        dx = r (g - xhat mean(g xhat)),  dweight = sum dy xhat,  dbias = sum dy.
+    Unlike LayerNorm there is no mean(g) term: no mean was subtracted in the forward.
+    """
+    xhat, rstd, weight, has_bias = cache
+    g = dy if weight is None else dy * weight             # (..., C)
+    dx = rstd * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dweight = None if weight is None else _sum_leading(dy * xhat)
+    dbias = _sum_leading(dy) if has_bias else None
+    return dx, dweight, dbias
+
+
+def global_response_norm(x, gamma, beta, eps=1e-6, return_cache=False):
     """Global Response Normalisation of ConvNeXt-V2, channel-last.
 
     x: (B, H, W, C). gamma, beta: (1, 1, 1, C). Returns an array shaped like x.
@@ -100,8 +174,30 @@ def global_response_norm(x, gamma, beta, eps=1e-6):
     check_rank("global_response_norm: x", x, 4, "(B, H, W, C)")
     check_dim("global_response_norm: x", x, -1, gamma.shape[-1], "channels")
     g = np.sqrt(np.sum(x * x, axis=(1, 2), keepdims=True))  # (B, 1, 1, C)
-    n = g / (np.mean(g, axis=-1, keepdims=True) + eps)      # (B, 1, 1, C)
-    return gamma * (x * n) + beta + x
+    m = np.mean(g, axis=-1, keepdims=True) + eps            # (B, 1, 1, 1)
+    n = g / m                                               # (B, 1, 1, C)
+    y = gamma * (x * n) + beta + x
+    return (y, (x, g, m, n, gamma)) if return_cache else y
+
+
+def global_response_norm_backward(dy, cache):
+    """Gradients of `global_response_norm`. dy: (B, H, W, C). Returns (dx, dgamma, dbeta), the
+    parameter gradients shaped (1, 1, 1, C) like the parameters.
+
+    With a = sum_hw dy gamma x (the gradient reaching n), m = mean_c g + eps and n = g / m:
+        dL/dg_c = a_c / m - sum_c' a_c' g_c' / (C m^2)     (m couples every channel)
+        dx = dy (1 + gamma n) + dL/dg x / g                (x / g = d||x|| / dx; 0 where g = 0)
+        dgamma = sum_bhw dy x n,   dbeta = sum_bhw dy.
+    """
+    x, g, m, n, gamma = cache
+    C = x.shape[-1]
+    a = np.sum(dy * gamma * x, axis=(1, 2), keepdims=True)           # (B, 1, 1, C)
+    dg = a / m - np.sum(a * g, axis=-1, keepdims=True) / (C * m * m)  # (B, 1, 1, C)
+    safe_g = np.where(g > 0, g, 1.0)
+    dx = dy * (1.0 + gamma * n) + np.where(g > 0, dg / safe_g, 0.0) * x
+    dgamma = np.sum(dy * x * n, axis=(0, 1, 2), keepdims=True)       # (1, 1, 1, C)
+    dbeta = np.sum(dy, axis=(0, 1, 2), keepdims=True)                # (1, 1, 1, C)
+    return dx.astype(dy.dtype, copy=False), dgamma, dbeta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,6 +207,15 @@ def silu(x):
     """x * sigmoid(x) = x / (1 + exp(-x)). Same shape as x."""
     check_floating("silu: x", x)
     return x / (1.0 + np.exp(-x))
+
+
+def silu_backward(dy, x):
+    """Gradient of `silu` at x: dy * s (1 + x (1 - s)), s = sigmoid(x) (product rule: not just s).
+
+    The sigmoid is scipy's `expit`, which does not overflow for large negative x.
+    """
+    s = expit(x)
+    return dy * (s * (1.0 + x * (1.0 - s)))
 
 
 def gelu(x, approximate="none"):
@@ -129,6 +234,26 @@ def gelu(x, approximate="none"):
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
+def gelu_backward(dy, x, approximate="none"):
+    """Gradient of `gelu` at x. dy, x: the same shape.
+
+    exact:  d/dx [x Phi(x)] = Phi(x) + x phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2,
+            phi(x) = exp(-x^2 / 2) / sqrt(2 pi) (the same erf as the forward);
+    tanh:   with t = tanh(sqrt(2/pi) (x + 0.044715 x^3)),
+            (1 + t) / 2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2  (1 - t^2, not 1/cosh^2,
+            which overflows).
+    """
+    if approximate == "none":
+        cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+        pdf = np.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+        return dy * (cdf + x * pdf)
+    if approximate == "tanh":
+        c = math.sqrt(2.0 / math.pi)
+        t = np.tanh(c * (x + 0.044715 * x * x * x))
+        return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x))
+    raise ValueError(f"gelu_backward: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
 def geglu(x):
     """Gated GELU: split the last axis in halves (value, gate) and return value * gelu(gate).
 
@@ -140,6 +265,15 @@ def geglu(x):
         raise ValueError(f"geglu: expected an even last axis, got shape {x.shape}")
     value, gate = np.split(x, 2, axis=-1)                 # (..., 2F) -> 2 x (..., F)
     return value * gelu(gate)
+
+
+def geglu_backward(dy, x):
+    """Gradient of `geglu` at x (..., 2F). dy: (..., F). Returns dx (..., 2F) = [d value, d gate]:
+    d value = dy gelu(gate), d gate = dy value gelu'(gate), concatenated in the forward's order."""
+    value, gate = np.split(x, 2, axis=-1)                 # (..., 2F) -> 2 x (..., F)
+    dvalue = dy * gelu(gate)
+    dgate = gelu_backward(dy * value, gate)
+    return np.concatenate([dvalue, dgate], axis=-1)       # 2 x (..., F) -> (..., 2F)
 
 
 def softmax(x, axis=-1):
@@ -154,7 +288,16 @@ def softmax(x, axis=-1):
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def dropout(x, p, training, rng):
+def softmax_backward(dy, p, axis=-1):
+    """Gradient of `softmax` given its output p: dx = p (dy - sum(dy p)), sums along `axis`.
+
+    This is the Jacobian diag(p) - p p^T applied to dy, without forming it; p (1 - p) alone
+    would be only its diagonal.
+    """
+    return p * (dy - np.sum(dy * p, axis=axis, keepdims=True))
+
+
+def dropout(x, p, training, rng, return_cache=False):
     """Inverted dropout: in training keep each value with probability 1 - p and scale by 1/(1-p).
 
     x: any shape. In eval (training=False) or with p == 0 it returns x unchanged. The mask is
@@ -163,15 +306,25 @@ def dropout(x, p, training, rng):
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: expected p in [0, 1), got {p}")
     if not training or p == 0.0:
-        return x
+        return (x, (None, p)) if return_cache else x
     keep = rng.random(x.shape) >= p
-    return np.where(keep, x / (1.0 - p), 0.0).astype(x.dtype)
+    y = np.where(keep, x / (1.0 - p), 0.0).astype(x.dtype)
+    return (y, (keep, p)) if return_cache else y
+
+
+def dropout_backward(dy, cache):
+    """Gradient of `dropout` with the forward's own mask: dy / (1 - p) where kept, else 0."""
+    keep, p = cache
+    if keep is None:
+        return dy
+    return np.where(keep, dy / (1.0 - p), 0.0).astype(dy.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------------------
-def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False):
+def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False,
+                                 return_cache=False):
     """softmax(q k^T * scale) v over the last two axes.
 
     q: (B, nh, L, hd). k, v: (B, nh, S, hd). scale defaults to 1/sqrt(hd).
@@ -188,7 +341,26 @@ def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False):
     scores = (q @ k.swapaxes(-1, -2)) * scale             # (B, nh, L, hd) @ (B, nh, hd, S)
     weights = softmax(scores, axis=-1)                    # (B, nh, L, S)
     out = weights @ v                                     # (B, nh, L, S) @ (B, nh, S, hd)
-    return (out, weights) if return_weights else out
+    result = (out, weights) if return_weights else out
+    return (result, (q, k, v, weights, scale)) if return_cache else result
+
+
+def scaled_dot_product_attention_backward(dout, cache):
+    """Gradients of `scaled_dot_product_attention`. dout: (B, nh, L, hd). Returns (dq, dk, dv).
+
+    With S = scale q k^T, P = softmax(S) and O = P v:
+        dv = P^T dO,  dP = dO v^T,  dS = P (dP - rowsum(dP P)),  dq = scale dS k,  dk = scale dS^T q.
+    The scale multiplies dS once, for both dq and dk. rowsum(dP P) equals rowsum(dO O)
+    (FlashAttention's identity), the cheaper form used here.
+    """
+    q, k, v, weights, scale = cache
+    out = weights @ v                                     # O, (B, nh, L, hd)
+    dv = weights.swapaxes(-1, -2) @ dout                  # (B, nh, S, L) @ (B, nh, L, hd)
+    dP = dout @ v.swapaxes(-1, -2)                        # (B, nh, L, hd) @ (B, nh, hd, S)
+    dS = weights * (dP - np.sum(dout * out, axis=-1, keepdims=True))  # (B, nh, L, S)
+    dq = (dS @ k) * scale                                 # (B, nh, L, S) @ (B, nh, S, hd)
+    dk = (dS.swapaxes(-1, -2) @ q) * scale                # (B, nh, S, L) @ (B, nh, L, hd)
+    return dq, dk, dv
 
 
 def split_heads(x, heads):
@@ -203,6 +375,16 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, L, nh * hd)
 
 
+def split_heads_backward(dy):
+    """Gradient of `split_heads`: dy (B, nh, L, hd) goes back through the inverse, `merge_heads`."""
+    return merge_heads(dy)
+
+
+def merge_heads_backward(dy, heads):
+    """Gradient of `merge_heads`: dy (B, L, nh*hd) goes back through `split_heads`."""
+    return split_heads(dy, heads)
+
+
 # --------------------------------------------------------------------------------------------------
 # Convolutions (NCHW, weights as torch stores them)
 # --------------------------------------------------------------------------------------------------
@@ -210,7 +392,7 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
+def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, return_cache=False):
     """2-D cross-correlation (no kernel flip) with zero padding, as `torch.nn.functional.conv2d`.
 
     x: (B, C, H, W). weight: (O, C/groups, kh, kw). bias: (O,) or None.
@@ -236,10 +418,37 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
     w = weight.reshape(groups, O // groups, Cg, kh, kw)                  # (g, O/g, Cg, kh, kw)
     y = np.einsum("bgchwij,gocij->bgohw", win, w, optimize=True)         # (B, g, O/g, Ho, Wo)
     y = y.reshape(B, O, Ho, Wo)
-    return y if bias is None else y + bias[:, None, None]
+    y = y if bias is None else y + bias[:, None, None]
+    cache = (x.shape, win, weight, bias is not None, (sh, sw), (ph, pw), groups)
+    return (y, cache) if return_cache else y
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
+def conv2d_backward(dy, cache):
+    """Gradients of `conv2d`. dy: (B, O, Ho, Wo). Returns (dx, dweight, dbias).
+
+    dweight[o, c, i, j] = sum_{b, y, x} dy[b, o, y, x] window[b, c, y, x, i, j] (per group) and
+    dbias = sum of dy over (B, Ho, Wo). dx is col2im: for each kernel tap (i, j) the products
+    W[:, :, i, j]^T dy are **added** into the padded input at that tap's strided positions (the
+    windows overlap, so one input pixel collects from several outputs); then the padding is cut.
+    """
+    x_shape, win, weight, has_bias, (sh, sw), (ph, pw), groups = cache
+    B, C, H, W = x_shape
+    O, Cg, kh, kw = weight.shape
+    _, _, Ho, Wo = dy.shape
+    dyg = dy.reshape(B, groups, O // groups, Ho, Wo)                     # split outputs by group
+    w = weight.reshape(groups, O // groups, Cg, kh, kw)
+    dw = np.einsum("bgohw,bgchwij->gocij", dyg, win, optimize=True)     # (g, O/g, Cg, kh, kw)
+    dxp = np.zeros((B, groups, Cg, H + 2 * ph, W + 2 * pw), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            contrib = np.einsum("bgohw,goc->bgchw", dyg, w[..., i, j], optimize=True)
+            dxp[..., i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += contrib
+    dx = dxp.reshape(B, C, H + 2 * ph, W + 2 * pw)[:, :, ph:ph + H, pw:pw + W]  # cut the padding
+    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw.reshape(weight.shape), dbias
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, return_cache=False):
     """2-D transposed convolution, as `torch.nn.functional.conv_transpose2d` (groups=1).
 
     x: (B, C, H, W). weight: (C, O, kh, kw) -- note in-channels first, unlike conv2d.
@@ -262,7 +471,33 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
             contrib = np.einsum("bchw,co->bohw", x, weight[:, :, a, b], optimize=True)
             full[:, :, a:a + (H - 1) * sh + 1:sh, b:b + (W - 1) * sw + 1:sw] += contrib
     y = full[:, :, ph:Hf - ph, pw:Wf - pw]
-    return y if bias is None else y + bias[:, None, None]
+    y = y if bias is None else y + bias[:, None, None]
+    return (y, (x, weight, bias is not None, (sh, sw), (ph, pw))) if return_cache else y
+
+
+def conv_transpose2d_backward(dy, cache):
+    """Gradients of `conv_transpose2d`. dy: (B, O, Ho, Wo). Returns (dx, dweight, dbias).
+
+    The transposed conv is the adjoint of a strided conv with the same weight, so its backward is
+    that ordinary conv of dy (padded back to the uncropped size): per tap (a, b),
+    dx[b, c, y, x] += sum_o W[c, o, a, b] dy_full[b, o, s y + a, s x + b] and
+    dW[c, o, a, b] = sum_{b, y, x} x[b, c, y, x] dy_full[b, o, s y + a, s x + b].
+    """
+    x, weight, has_bias, (sh, sw), (ph, pw) = cache
+    B, C, H, W = x.shape
+    _, O, kh, kw = weight.shape
+    Hf, Wf = (H - 1) * sh + kh, (W - 1) * sw + kw
+    full = np.zeros((B, O, Hf, Wf), dtype=dy.dtype)
+    full[:, :, ph:Hf - ph, pw:Wf - pw] = dy                             # undo the crop
+    dx = np.zeros_like(x, dtype=dy.dtype)
+    dw = np.zeros(weight.shape, dtype=dy.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            part = full[:, :, a:a + (H - 1) * sh + 1:sh, b:b + (W - 1) * sw + 1:sw]  # (B, O, H, W)
+            dx += np.einsum("bohw,co->bchw", part, weight[:, :, a, b], optimize=True)
+            dw[:, :, a, b] = np.einsum("bchw,bohw->co", x, part, optimize=True)
+    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, dbias
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,6 +565,14 @@ def patchify(x, patch_size):
     return x.reshape(B, (H // P) * (W // P), P * P * C)  # (B, L, P*P*C)
 
 
+def patchify_backward(dy, x_shape):
+    """Gradient of `patchify`: a pure rearrangement, so dy (B, L, P*P*C) is put back in place by the
+    inverse rearrangement, `unpatchify`. x_shape: the forward's (B, C, H, W)."""
+    B, C, H, W = x_shape
+    P = math.isqrt(dy.shape[-1] // C)
+    return unpatchify(dy, C, grid=(H // P, W // P))
+
+
 def unpatchify(x, channels, grid=None):
     """The inverse of `patchify`: (B, L, P*P*C) -> (B, C, h*P, w*P).
 
@@ -351,3 +594,8 @@ def unpatchify(x, channels, grid=None):
     x = x.reshape(B, h, w, P, P, channels)               # (B, h, w, p1, p2, C)
     x = x.transpose(0, 5, 1, 3, 2, 4)                    # (B, C, h, p1, w, p2)
     return x.reshape(B, channels, h * P, w * P)
+
+
+def unpatchify_backward(dy, patch_size):
+    """Gradient of `unpatchify`: dy (B, C, H, W) goes back through `patchify` -> (B, L, P*P*C)."""
+    return patchify(dy, patch_size)
