@@ -7,6 +7,9 @@ weights and biases of linear and conv layers U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
 norm weights 1 and biases 0, GlobalResponseNorm's gamma and beta 0.
 
 A module computes in its own dtype: floating input is cast to it, non-floating input is a TypeError.
+
+Each layer's `backward(grad_out)` (see `module.Module`) calls the backward of its function,
+accumulates the parameter gradients and returns the gradient of its input.
 """
 
 import numpy as np
@@ -35,7 +38,14 @@ class Linear(Module):
     def forward(self, x):
         """x: (..., in_features) -> (..., out_features)."""
         x = to_module_dtype("Linear: x", x, self.dtype)
-        return F.linear(x, self.weight, self.bias)
+        return self._record(*F.linear(x, self.weight, self.bias, return_cache=True))
+
+    def backward(self, grad_out):
+        """grad_out: (..., out_features) -> dx (..., in_features)."""
+        dx, dw, db = F.linear_backward(grad_out, self._recall(grad_out))
+        self._accumulate("weight", dw)
+        self._accumulate("bias", db)
+        return dx
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -52,10 +62,23 @@ class Embedding(Module):
 
     def forward(self, ids):
         """ids: integer array of any shape, values in [0, V) -> ids.shape + (C,)."""
-        return F.embedding(ids, self.weight)
+        return self._record(*F.embedding(ids, self.weight, return_cache=True))
+
+    def backward(self, grad_out):
+        """Accumulates the table's gradient; ids take none, so this returns None."""
+        self._accumulate("weight", F.embedding_backward(grad_out, self._recall(grad_out)))
+        return None
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+def _norm_backward(module, backward_fn, grad_out):
+    """A norm layer's backward: dx, with the weight and bias gradients accumulated."""
+    dx, dw, db = backward_fn(grad_out, module._recall(grad_out))
+    module._accumulate("weight", dw)
+    module._accumulate("bias", db)
+    return dx
 
 
 class LayerNorm(Module):
@@ -72,7 +95,10 @@ class LayerNorm(Module):
     def forward(self, x):
         """x: (..., C) -> (..., C)."""
         x = to_module_dtype("LayerNorm: x", x, self.dtype)
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        return self._record(*F.layer_norm(x, self.weight, self.bias, self.eps, return_cache=True))
+
+    def backward(self, grad_out):
+        return _norm_backward(self, F.layer_norm_backward, grad_out)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -93,7 +119,10 @@ class RMSNorm(Module):
         x = to_module_dtype("RMSNorm: x", x, self.dtype)
         if self.weight is None:
             check_dim("RMSNorm: x", x, -1, self.dim, "channels")
-        return F.rms_norm(x, self.weight, self.bias, self.eps)
+        return self._record(*F.rms_norm(x, self.weight, self.bias, self.eps, return_cache=True))
+
+    def backward(self, grad_out):
+        return _norm_backward(self, F.rms_norm_backward, grad_out)
 
     def extra_repr(self):
         return f"{self.dim}, eps={self.eps}"
@@ -111,14 +140,24 @@ class GlobalResponseNorm(Module):
     def forward(self, x):
         """x: (B, H, W, C) -> (B, H, W, C)."""
         x = to_module_dtype("GlobalResponseNorm: x", x, self.dtype)
-        return F.global_response_norm(x, self.gamma, self.beta)
+        return self._record(*F.global_response_norm(x, self.gamma, self.beta, return_cache=True))
+
+    def backward(self, grad_out):
+        dx, dgamma, dbeta = F.global_response_norm_backward(grad_out, self._recall(grad_out))
+        self._accumulate("gamma", dgamma)
+        self._accumulate("beta", dbeta)
+        return dx
 
 
 class SiLU(Module):
     """x * sigmoid(x); no parameters."""
 
     def forward(self, x):
-        return F.silu(to_module_dtype("SiLU: x", x, self.dtype))
+        x = to_module_dtype("SiLU: x", x, self.dtype)
+        return self._record(F.silu(x), x)
+
+    def backward(self, grad_out):
+        return F.silu_backward(grad_out, self._recall(grad_out))
 
 
 class GELU(Module):
@@ -131,7 +170,11 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x):
-        return F.gelu(to_module_dtype("GELU: x", x, self.dtype), self.approximate)
+        x = to_module_dtype("GELU: x", x, self.dtype)
+        return self._record(F.gelu(x, self.approximate), x)
+
+    def backward(self, grad_out):
+        return F.gelu_backward(grad_out, self._recall(grad_out), self.approximate)
 
 
 class GEGLU(Module):
@@ -143,7 +186,12 @@ class GEGLU(Module):
 
     def forward(self, x):
         """x: (..., dim_in) -> (..., dim_out)."""
-        return F.geglu(self.proj(x))
+        u = self.proj(x)                                  # (..., 2 dim_out)
+        return self._record(F.geglu(u), u)
+
+    def backward(self, grad_out):
+        """grad_out: (..., dim_out) -> dx (..., dim_in), through the gate and `proj`."""
+        return self.proj.backward(F.geglu_backward(grad_out, self._recall(grad_out)))
 
 
 class Dropout(Module):
@@ -157,7 +205,11 @@ class Dropout(Module):
         self._rng = as_rng(rng)
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, self._rng)
+        return self._record(*F.dropout(x, self.p, self.training, self._rng, return_cache=True))
+
+    def backward(self, grad_out):
+        """The forward's own mask, scaled by 1 / (1 - p)."""
+        return F.dropout_backward(grad_out, self._recall(grad_out))
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -185,7 +237,15 @@ class Conv2d(Module):
     def forward(self, x):
         """x: (B, C, H, W) -> (B, O, Ho, Wo)."""
         x = to_module_dtype("Conv2d: x", x, self.dtype)
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+        return self._record(*F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                                      self.groups, return_cache=True))
+
+    def backward(self, grad_out):
+        """grad_out: (B, O, Ho, Wo) -> dx (B, C, H, W)."""
+        dx, dw, db = F.conv2d_backward(grad_out, self._recall(grad_out))
+        self._accumulate("weight", dw)
+        self._accumulate("bias", db)
+        return dx
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -209,7 +269,15 @@ class ConvTranspose2d(Module):
     def forward(self, x):
         """x: (B, C, H, W) -> (B, O, (H-1) s - 2p + kh, (W-1) s - 2p + kw)."""
         x = to_module_dtype("ConvTranspose2d: x", x, self.dtype)
-        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding)
+        return self._record(*F.conv_transpose2d(x, self.weight, self.bias, self.stride,
+                                                self.padding, return_cache=True))
+
+    def backward(self, grad_out):
+        """grad_out: (B, O, Ho, Wo) -> dx (B, C, H, W)."""
+        dx, dw, db = F.conv_transpose2d_backward(grad_out, self._recall(grad_out))
+        self._accumulate("weight", dw)
+        self._accumulate("bias", db)
+        return dx
 
 
 class Attention(Module):
@@ -250,9 +318,23 @@ class Attention(Module):
         q = F.split_heads(self.to_q(x), self.heads)        # (B, nh, L, hd)
         k = F.split_heads(self.to_k(ctx), self.heads)      # (B, nh, S, hd)
         v = F.split_heads(self.to_v(ctx), self.heads)      # (B, nh, S, hd)
-        out, weights = F.scaled_dot_product_attention(q, k, v, return_weights=True)
+        (out, weights), cache = F.scaled_dot_product_attention(q, k, v, return_weights=True,
+                                                               return_cache=True)
         out = self.to_out[1](self.to_out[0](F.merge_heads(out)))  # (B, L, I) -> (B, L, query_dim)
+        self._record(out, (cache, encoder_hidden_states is None))
         return (out, weights) if return_weights else out
+
+    def backward(self, grad_out):
+        """grad_out: (B, L, query_dim). Returns (d hidden_states, d encoder_hidden_states); the
+        second is None for self-attention, where x fed q, k and v and dx sums all three paths."""
+        cache, self_attention = self._recall(grad_out)
+        d = self.to_out[0].backward(self.to_out[1].backward(grad_out))  # (B, L, I)
+        dq, dk, dv = F.scaled_dot_product_attention_backward(
+            F.merge_heads_backward(d, self.heads), cache)             # 3 x (B, nh, tokens, hd)
+        dx = self.to_q.backward(F.split_heads_backward(dq))           # (B, L, query_dim)
+        dctx = (self.to_k.backward(F.split_heads_backward(dk))
+                + self.to_v.backward(F.split_heads_backward(dv)))     # k and v share the input
+        return (dx + dctx, None) if self_attention else (dx, dctx)
 
 
 class QKVAttention(Module):
@@ -283,10 +365,32 @@ class QKVAttention(Module):
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)  # (B, L, 3, nh, hd)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)            # 3 x (B, nh, L, hd)
         scores = (q @ k.swapaxes(-1, -2)) * self.scale   # (B, nh, L, L)
-        weights = self.attn_drop(F.softmax(scores, axis=-1))
+        probs = F.softmax(scores, axis=-1)
+        weights = self.attn_drop(probs)
         out = F.merge_heads(weights @ v)                  # (B, nh, L, hd) -> (B, L, C)
         out = self.proj_drop(self.proj(out))
+        self._record(out, (q, k, v, probs, weights))
         return (out, weights) if return_weights else out
+
+    def backward(self, grad_out):
+        """grad_out: (B, L, dim) -> dx (B, L, dim).
+
+        The attention core is written out because dropout sits between the softmax and v:
+        dv = W^T dO and dW = dO v^T with W the dropped weights, dP = attn_drop^T dW, then the
+        softmax and the two products of S = scale q k^T. The fused projection's gradient is
+        (dq, dk, dv) stacked back into the (B, L, 3, nh, hd) layout it was split from.
+        """
+        q, k, v, probs, weights = self._recall(grad_out)
+        B, nh, L, hd = q.shape
+        d = self.proj.backward(self.proj_drop.backward(grad_out))      # (B, L, C)
+        d = F.merge_heads_backward(d, nh)                              # (B, nh, L, hd)
+        dv = weights.swapaxes(-1, -2) @ d                              # (B, nh, L, hd)
+        dweights = d @ v.swapaxes(-1, -2)                              # (B, nh, L, L)
+        dscores = F.softmax_backward(self.attn_drop.backward(dweights), probs)
+        dq = (dscores @ k) * self.scale                                # (B, nh, L, hd)
+        dk = (dscores.swapaxes(-1, -2) @ q) * self.scale               # (B, nh, L, hd)
+        dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4)         # (B, L, 3, nh, hd)
+        return self.qkv.backward(dqkv.reshape(B, L, 3 * nh * hd))      # (B, L, 3C) -> (B, L, C)
 
 
 class TimestepEmbedding(Module):
@@ -311,3 +415,7 @@ class TimestepEmbedding(Module):
     def forward(self, sample):
         """sample: (B, in_channels) -> (B, out_dim)."""
         return self.linear_2(self.act(self.linear_1(sample)))
+
+    def backward(self, grad_out):
+        """grad_out: (B, out_dim) -> d sample (B, in_channels)."""
+        return self.linear_1.backward(self.act.backward(self.linear_2.backward(grad_out)))

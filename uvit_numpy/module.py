@@ -8,6 +8,14 @@ This is not a framework. It keeps what a reader needs to move weights between im
 * `state_dict()` returns `{dotted.name: array}` and `load_state_dict()` loads one back, reporting
   every missing, unexpected and mis-shaped key in one error.
 
+**Backward passes.** In training mode (`train()`, the default, as in torch) a forward call records
+what its backward needs on the module's tape; `backward(grad_out)` takes the most recent record
+back (so a module called twice is differentiated in reverse order, each call once), adds every
+parameter's gradient into `grads()` (a dict with the keys and shapes of `state_dict()`; gradients
+accumulate over calls, as torch's `.grad`) and returns the gradient of the forward's floating
+inputs. `zero_grad()` clears the gradients and any record a backward never took. In eval mode
+nothing is recorded, and backward is an error.
+
 Every module is built in one dtype (`dtype=np.float32` by default; float64 for exact parity runs)
 and computes in it. Random initialisation draws from an explicit `np.random.Generator` (`rng=`), so
 one seed reproduces a whole model.
@@ -49,6 +57,8 @@ class Module:
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "dtype", as_dtype(dtype))
+        object.__setattr__(self, "_tape", [])             # caches of forwards awaiting backward
+        object.__setattr__(self, "_grads", {})            # parameter name -> accumulated gradient
 
     # --- registration -------------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -68,6 +78,57 @@ class Module:
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    # --- backward -----------------------------------------------------------------------------
+    def backward(self, grad_out):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def _record(self, out, cache):
+        """Keep `cache` for the backward of this call (training mode only); returns `out`."""
+        if self.training:
+            self._tape.append((tuple(out.shape), cache))
+        return out
+
+    def _recall(self, grad_out):
+        """The cache of the most recent unanswered forward, after checking grad_out against it."""
+        name = type(self).__name__
+        if not self._tape:
+            raise RuntimeError(f"{name}.backward: no recorded forward to differentiate: run the "
+                               f"forward in training mode (model.train(); nothing is recorded in "
+                               f"eval mode) and call backward once per forward call")
+        shape, cache = self._tape[-1]
+        if not hasattr(grad_out, "shape") or tuple(grad_out.shape) != shape:
+            got = tuple(grad_out.shape) if hasattr(grad_out, "shape") else type(grad_out).__name__
+            raise ValueError(f"{name}.backward: expected grad_out shaped like the forward's "
+                             f"output {shape}, got {got}")
+        self._tape.pop()
+        return cache
+
+    def _accumulate(self, name, grad):
+        """Add `grad` into the gradient of parameter `name` (None: the parameter is absent)."""
+        if grad is None:
+            return
+        grad = np.asarray(grad, dtype=self.dtype).reshape(self._parameters[name].shape)
+        old = self._grads.get(name)
+        self._grads[name] = grad.copy() if old is None else old + grad
+
+    def grads(self):
+        """`{dotted.name: gradient}` with exactly the keys and shapes of `state_dict()`; a
+        parameter no backward has reached yet has a zero gradient."""
+        out = {}
+        for mod_name, module in self.named_modules():
+            for name, value in module._parameters.items():
+                key = f"{mod_name}.{name}" if mod_name else name
+                g = module._grads.get(name)
+                out[key] = np.zeros_like(value) if g is None else g
+        return out
+
+    def zero_grad(self):
+        """Clear every gradient, and every forward record a backward never took. Returns self."""
+        for _, module in self.named_modules():
+            module._grads.clear()
+            module._tape.clear()
+        return self
 
     # --- traversal ----------------------------------------------------------------------------
     def named_modules(self, prefix=""):
@@ -133,7 +194,7 @@ class Module:
             object.__setattr__(module, "dtype", dt)
             for name, value in list(module._parameters.items()):
                 setattr(module, name, value.astype(dt))
-        return self
+        return self.zero_grad()
 
     def extra_repr(self):
         return ""
@@ -180,3 +241,9 @@ class Sequential(ModuleList):
         for module in self:
             x = module(x)
         return x
+
+    def backward(self, grad_out):
+        """The children's backwards in the reverse order of the forward."""
+        for module in reversed(list(self)):
+            grad_out = module.backward(grad_out)
+        return grad_out

@@ -211,7 +211,15 @@ class PatchEmbed(Module):
                              f"patch size {P}, got {x.shape[2]}x{x.shape[3]}")
         y = self.proj(x)                                   # (B, D, H/P, W/P)
         B, D, h, w = y.shape
-        return y.reshape(B, D, h * w).transpose(0, 2, 1)   # (B, D, h, w) -> (B, L, D)
+        out = y.reshape(B, D, h * w).transpose(0, 2, 1)    # (B, D, h, w) -> (B, L, D)
+        return self._record(out, (h, w))
+
+    def backward(self, grad_out):
+        """grad_out: (B, L, D) -> dx (B, C, H, W), back through the token reshape and the conv."""
+        h, w = self._recall(grad_out)
+        B, L, D = grad_out.shape
+        dy = grad_out.transpose(0, 2, 1).reshape(B, D, h, w)  # (B, L, D) -> (B, D, h, w)
+        return self.proj.backward(dy)
 
 
 class Mlp(Module):
@@ -235,6 +243,12 @@ class Mlp(Module):
     def forward(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
+    def backward(self, grad_out):
+        """grad_out: (..., out_features) -> dx (..., in_features). `drop` ran twice in the forward,
+        so its two records are taken back last first."""
+        d = self.fc2.backward(self.drop.backward(grad_out))
+        return self.fc1.backward(self.act.backward(self.drop.backward(d)))
+
 
 class Attention(QKVAttention):
     """The paper's self-attention: one fused `qkv` Linear(D, 3D), split as (3, nh, hd), then
@@ -256,6 +270,14 @@ def long_skip(x, skip, skip_linear):
         raise ValueError(f"long_skip: expected a skip shaped like x {tuple(x.shape)}, got "
                          f"{tuple(skip.shape)}")
     return skip_linear(np.concatenate([x, skip], axis=-1))  # 2 x (B, L, D) -> (B, L, 2D) -> D
+
+
+def long_skip_backward(grad_out, skip_linear):
+    """The gradient of `long_skip` (after its forward ran in training mode): skip_linear's input
+    gradient (B, L, 2D) split back into (dx, dskip), the halves of the concatenation."""
+    d = skip_linear.backward(grad_out)                    # (B, L, 2D)
+    D = grad_out.shape[-1]
+    return d[..., :D], d[..., D:]                         # (B, L, 2D) -> 2 x (B, L, D)
 
 
 def long_skip_parts(x, skip, skip_linear):
@@ -308,7 +330,21 @@ class Block(Module):
             raise ValueError("Block: this block has no skip_linear (skip=False) and takes no "
                              f"skip, got one of shape {tuple(skip.shape)}")
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        out = x + self.mlp(self.norm2(x))
+        return self._record(out, None)
+
+    def backward(self, grad_out):
+        """grad_out: (B, N, D). Returns (dx, dskip); dskip is None for a block without a skip.
+
+        Each residual y = x + f(x) passes grad_out straight through and adds f's backward:
+        dx = dy + f'(x)^T dy. The skip's gradient is the second half of skip_linear's input.
+        """
+        self._recall(grad_out)
+        d = grad_out + self.norm2.backward(self.mlp.backward(grad_out))   # x + mlp(norm2(x))
+        d = d + self.norm1.backward(self.attn.backward(d))                # x + attn(norm1(x))
+        if self.skip_linear is None:
+            return d, None
+        return long_skip_backward(d, self.skip_linear)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -434,7 +470,7 @@ class UViT(Module):
         if y is not None:
             tokens.insert(0, self.label_emb(y)[:, None, :])  # (B, D) -> (B, 1, D), in front
         x = np.concatenate(tokens, axis=1)                 # (B, extras + L, D)
-        return x + self.pos_embed
+        return self._record(x + self.pos_embed, ("embed", y is not None))
 
     def run_blocks(self, x, return_activations=False):
         """The transformer with its long skips. x: (B, N, D) -> (B, N, D).
@@ -468,6 +504,59 @@ class UViT(Module):
         x = F.unpatchify(x, self.in_chans)                 # (B, C, H, W)
         return x if self.final_layer is None else self.final_layer(x)
 
+    # --- backward, the three pieces in reverse ---------------------------------------------------
+    def decode_backward(self, grad_out):
+        """(B, C, H, W) -> d tokens (B, extras + L, D). The extras were dropped before unpatchify,
+        so the head gives them zero gradient (they still get some through the blocks)."""
+        d = grad_out if self.final_layer is None else self.final_layer.backward(grad_out)
+        d = F.unpatchify_backward(d, self.patch_size)      # (B, C, H, W) -> (B, L, P*P*C)
+        B, L, PPC = d.shape
+        full = np.zeros((B, self.extras + L, PPC), dtype=d.dtype)
+        full[:, self.extras:] = d                          # zeros for the dropped extras
+        return self.norm.backward(self.decoder_pred.backward(full))
+
+    def run_blocks_backward(self, grad_out):
+        """d output of the blocks (B, N, D) -> d input of the first block (B, N, D).
+
+        The long skips, written out: out_blocks[i] popped the output of in_blocks[-1 - i], so its
+        dskip belongs to that in-block. Going down, each in-block's output receives two gradients,
+        one from the block above it (the next in-block, or the middle block) and one from its
+        skip; they are added before the in-block's own backward runs.
+        """
+        K = len(self.in_blocks)
+        dskips = [None] * K                                # dskips[j]: for in_blocks[j]'s output
+        d = grad_out
+        for i in reversed(range(len(self.out_blocks))):
+            d, dskip = self.out_blocks[i].backward(d)
+            dskips[K - 1 - i] = dskip
+        d, _ = self.mid_block.backward(d)
+        for j in reversed(range(K)):
+            if dskips[j] is not None:
+                d = d + dskips[j]                          # from the block above + from its skip
+            d, _ = self.in_blocks[j].backward(d)
+        return d
+
+    def embed_backward(self, grad_out):
+        """d tokens (B, extras + L, D) -> dx (B, C, H, W); pos_embed gets the batch sum, the label
+        table and the time MLP (if any) their shares; timesteps and labels take no gradient."""
+        _, has_label = self._recall(grad_out)
+        self._accumulate("pos_embed", grad_out.sum(axis=0, keepdims=True))
+        first = 0
+        if has_label:
+            self.label_emb.backward(grad_out[:, 0])        # the label token's row
+            first = 1
+        if self.time_embed is not None:
+            self.time_embed.backward(grad_out[:, first])   # (B, D): the time token
+        return self.patch_embed.backward(grad_out[:, self.extras:])  # (B, L, D) patch tokens
+
+    def backward(self, grad_out):
+        """grad_out: (B, C, H, W), dLoss/d output. Returns dLoss/dx (B, C, H, W); parameter
+        gradients accumulate in `grads()`. Needs a forward in training mode before it."""
+        check_floating(f"{type(self).__name__}.backward: grad_out", grad_out)
+        self._recall(grad_out)
+        d = self.decode_backward(grad_out.astype(self.dtype, copy=False))
+        return self.embed_backward(self.run_blocks_backward(d))
+
     def forward(self, x, timesteps, y=None, return_activations=False):
         """x: (B, C, H, W); timesteps: (B,); y: (B,) ints for a class-conditional model, else None.
 
@@ -476,7 +565,7 @@ class UViT(Module):
         """
         tokens = self.embed(x, timesteps, y)               # (B, extras + L, D)
         h, acts = self.run_blocks(tokens, return_activations=True)
-        out = self.decode(h)
+        out = self._record(self.decode(h), "forward")
         return (out, {"embed": tokens, **acts}) if return_activations else out
 
     def extra_repr(self):
@@ -522,7 +611,20 @@ class UViTText(UViT):
         patches = self.patch_embed(x)                      # (B, L, D)
         text = self.context_embed(context)                 # (B, S, clip_dim) -> (B, S, D)
         x = np.concatenate([self.time_token(timesteps), text, patches], axis=1)  # (B, 1+S+L, D)
-        return x + self.pos_embed
+        return self._record(x + self.pos_embed, "embed")
+
+    def embed_backward(self, grad_out):
+        """d tokens (B, 1 + S + L, D) -> (dx (B, C, H, W), d context (B, S, clip_dim))."""
+        self._recall(grad_out)
+        self._accumulate("pos_embed", grad_out.sum(axis=0, keepdims=True))
+        if self.time_embed is not None:
+            self.time_embed.backward(grad_out[:, 0])       # (B, D): the time token
+        dcontext = self.context_embed.backward(grad_out[:, 1:self.extras])  # (B, S, D) -> clip
+        return self.patch_embed.backward(grad_out[:, self.extras:]), dcontext
+
+    def backward(self, grad_out):
+        """grad_out: (B, C, H, W). Returns (dx (B, C, H, W), d context (B, S, clip_dim))."""
+        return super().backward(grad_out)
 
     def forward(self, x, timesteps, context=None, return_activations=False):
         """x: (B, C, H, W); timesteps: (B,); context: (B, S, clip_dim). Returns (B, C, H, W)."""

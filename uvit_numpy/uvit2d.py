@@ -29,6 +29,9 @@ Numerics, said aloud:
 Helpers meant for the book and the exercises: `erf_float32`, `gelu`, `geglu`,
 `adaptive_modulation`, `scale_shift`, `depthwise_conv3x3`, `downsample_2x2`, `upsample_2x2`,
 `micro_conditioning`, `mask_schedule`, `gumbel_noise`, `masked_decoding_step` and `generate`.
+Each differentiable one has its `*_backward` right below it, and every block has a `backward`
+(see `module.Module`): the conditioning vector and the text features reach many blocks, and their
+gradients are summed over all of them.
 `Attention` and `GELU` are the foundation's layers with leaner forwards (scale folded into q and
 an in-place softmax; the fast float32 GELU); every other block is a thin `Module` over these
 functions.
@@ -251,6 +254,15 @@ def gelu(x):
     return _gelu_float32(x.reshape(1, 1)).reshape(()) if x.ndim == 0 else _gelu_float32(x)
 
 
+def gelu_backward(dy, x):
+    """Gradient of `gelu` at x: dy (Phi(x) + x phi(x)), Phi from the same erf as the forward."""
+    if x.dtype != np.float32:
+        return F.gelu_backward(dy, x)
+    cdf = 0.5 * (1.0 + erf_float32(x * (1.0 / math.sqrt(2.0))))
+    pdf = np.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return dy * (cdf + x * pdf)
+
+
 def geglu(u):
     """Gated GELU as diffusers' `GEGLU`: value * gelu(gate), value the FIRST half of the last axis.
 
@@ -266,18 +278,38 @@ def geglu(u):
     return value * gelu(gate)
 
 
-def scale_shift(cond, weight, bias=None):
+def geglu_backward(dy, u):
+    """Gradient of `geglu` at u (..., 2F); dy: (..., F). Returns du = [dy gelu(gate),
+    dy value gelu'(gate)], the value's half first, as in the forward."""
+    half = u.shape[-1] // 2
+    value, gate = u[..., :half], u[..., half:]            # (..., 2F) -> 2 x (..., F)
+    return np.concatenate([dy * gelu(gate), gelu_backward(dy * value, gate)], axis=-1)
+
+
+def scale_shift(cond, weight, bias=None, return_cache=False):
     """(scale, shift) from a conditioning vector, as diffusers' adaptive norms compute them.
 
     cond: (B, D). weight: (2C, D), bias: (2C,) or None. Returns two (B, C) arrays:
     [scale; shift] = Lin(silu(cond)), split on the last axis, **scale first**.
     """
-    m = F.linear(F.silu(cond), weight, bias)              # (B, 2C)
+    m, lin_cache = F.linear(F.silu(cond), weight, bias, return_cache=True)  # (B, 2C)
     C = m.shape[-1] // 2
-    return m[:, :C], m[:, C:]                             # (B, 2C) -> 2 x (B, C)
+    out = (m[:, :C], m[:, C:])                            # (B, 2C) -> 2 x (B, C)
+    return (out, (cond, lin_cache)) if return_cache else out
 
 
-def adaptive_modulation(x, scale, shift):
+def scale_shift_backward(dscale, dshift, cache):
+    """Gradients of `scale_shift`: (dcond (B, D), dweight (2C, D), dbias (2C,) or None).
+
+    The two (B, C) gradients are joined back in the forward's order (scale first) and run through
+    the linear's and the SiLU's backward."""
+    cond, lin_cache = cache
+    dm = np.concatenate([dscale, dshift], axis=-1)        # 2 x (B, C) -> (B, 2C)
+    ds, dweight, dbias = F.linear_backward(dm, lin_cache)
+    return F.silu_backward(ds, cond), dweight, dbias
+
+
+def adaptive_modulation(x, scale, shift, return_cache=False):
     """FiLM-style modulation: x * (1 + scale) + shift, one (scale, shift) per sample.
 
     x: (B, ..., C), e.g. (B, L, C) tokens or (B, H, W, C) pixels. scale, shift: (B, C).
@@ -291,10 +323,24 @@ def adaptive_modulation(x, scale, shift):
     shape = (B,) + (1,) * (x.ndim - 2) + (C,)
     y = x * (1.0 + scale.reshape(shape))                  # (B, C) -> (B, 1.., C), broadcast
     y += shift.reshape(shape)                            # (B, C) -> (B, 1.., C)
-    return y
+    return (y, (x, scale)) if return_cache else y
 
 
-def depthwise_conv3x3(x, weight, bias=None):
+def adaptive_modulation_backward(dy, cache):
+    """Gradients of `adaptive_modulation`: (dx, dscale (B, C), dshift (B, C)).
+
+    dx = dy (1 + scale); scale and shift were broadcast over every position of a sample, so their
+    gradients sum over those positions: dscale = sum dy x, dshift = sum dy.
+    """
+    x, scale = cache
+    B, C = scale.shape
+    shape = (B,) + (1,) * (x.ndim - 2) + (C,)
+    positions = tuple(range(1, x.ndim - 1))               # every axis between B and C
+    dx = dy * (1.0 + scale.reshape(shape))
+    return dx, np.sum(dy * x, axis=positions), np.sum(dy, axis=positions)
+
+
+def depthwise_conv3x3(x, weight, bias=None, return_cache=False):
     """3x3 depthwise convolution, zero padding 1, channel-last: each channel has its own kernel.
 
     x: (B, H, W, C). weight: (C, 1, 3, 3) as torch stores it. bias: (C,) or None.
@@ -317,10 +363,32 @@ def depthwise_conv3x3(x, weight, bias=None):
                 y += xp[:, a:a + H, d:d + W] * k[a, d]
     if bias is not None:
         y += bias
-    return y
+    return (y, (xp, weight, bias is not None)) if return_cache else y
 
 
-def downsample_2x2(x, weight, bias=None):
+def depthwise_conv3x3_backward(dy, cache):
+    """Gradients of `depthwise_conv3x3`. dy: (B, H, W, C). Returns (dx, dweight (C, 1, 3, 3),
+    dbias (C,) or None).
+
+    Per tap (a, d): dweight[c, 0, a, d] = sum_{b, i, j} dy[b, i, j, c] xpad[b, i + a, j + d, c] (no
+    sum over channels: each channel has its own kernel), and dy * k[a, d] is added into the padded
+    input at the tap's offset; the padding is cut off at the end.
+    """
+    xp, weight, has_bias = cache
+    B, H, W, C = dy.shape
+    k = weight[:, 0].transpose(1, 2, 0)                   # (C, 3, 3) -> (3, 3, C)
+    dk = np.empty((3, 3, C), dtype=dy.dtype)
+    dxp = np.zeros_like(xp, dtype=dy.dtype)               # (B, H+2, W+2, C)
+    for a in range(3):
+        for d in range(3):
+            dk[a, d] = np.einsum("bijc,bijc->c", dy, xp[:, a:a + H, d:d + W])
+            dxp[:, a:a + H, d:d + W] += dy * k[a, d]
+    dweight = dk.transpose(2, 0, 1)[:, None]              # (3, 3, C) -> (C, 1, 3, 3)
+    dbias = dy.sum(axis=(0, 1, 2)) if has_bias else None
+    return dxp[:, 1:H + 1, 1:W + 1], dweight, dbias
+
+
+def downsample_2x2(x, weight, bias=None, return_cache=False):
     """The 2x2, stride-2 convolution of aMUSEd's `Downsample2D`, channel-last, as one GEMM.
 
     x: (B, H, W, C). weight: (O, C, 2, 2) as torch stores it. bias: (O,) or None.
@@ -342,10 +410,27 @@ def downsample_2x2(x, weight, bias=None):
     patches = patches.transpose(0, 1, 3, 2, 4, 5)         # (B, h, w, a, d, C)
     patches = patches.reshape(B, h, w, 4 * C)             # (B, h, w, (a, d, C))
     wmat = weight.transpose(0, 2, 3, 1).reshape(O, 4 * C)  # (O, C, a, d) -> (O, (a, d, C))
-    return F.linear(patches, wmat, bias)                  # (B, h, w, O)
+    y, lin_cache = F.linear(patches, wmat, bias, return_cache=True)  # (B, h, w, O)
+    return (y, ((H, W), lin_cache)) if return_cache else y
 
 
-def upsample_2x2(x, weight, bias=None):
+def downsample_2x2_backward(dy, cache):
+    """Gradients of `downsample_2x2`. dy: (B, h, w, O). Returns (dx (B, H, W, C), dweight
+    (O, C, 2, 2), dbias): the linear's backward, then the patches put back in place (the
+    patches do not overlap, so this is a pure rearrangement) and the zero padding cut off."""
+    (H, W), lin_cache = cache
+    dpatches, dwmat, dbias = F.linear_backward(dy, lin_cache)   # (B, h, w, 4C), (O, 4C)
+    B, h, w, _ = dy.shape
+    O = dy.shape[-1]
+    C = dpatches.shape[-1] // 4
+    dx = dpatches.reshape(B, h, w, 2, 2, C)               # (B, h, w, a, d, C)
+    dx = dx.transpose(0, 1, 3, 2, 4, 5)                   # (B, h, a, w, d, C)
+    dx = dx.reshape(B, 2 * h, 2 * w, C)[:, :H, :W]        # cut the padding of an odd side
+    dweight = dwmat.reshape(O, 2, 2, C).transpose(0, 3, 1, 2)  # (O, (a, d, C)) -> (O, C, a, d)
+    return dx, dweight, dbias
+
+
+def upsample_2x2(x, weight, bias=None, return_cache=False):
     """The 2x2, stride-2 transposed convolution of aMUSEd's `Upsample2D`, channel-last, as one GEMM.
 
     x: (B, H, W, C). weight: (C, O, 2, 2) -- in-channels first, as torch stores transposed convs.
@@ -366,7 +451,24 @@ def upsample_2x2(x, weight, bias=None):
     y = y.reshape(B, H, W, 2, 2, O)                       # (B, H, W, a, d, O)
     y = y.transpose(0, 1, 3, 2, 4, 5)                     # (B, H, a, W, d, O)
     y = y.reshape(B, 2 * H, 2 * W, O)                     # (B, 2H, 2W, O)
-    return y if bias is None else y + bias
+    y = y if bias is None else y + bias
+    return (y, (x, wmat, bias is not None)) if return_cache else y
+
+
+def upsample_2x2_backward(dy, cache):
+    """Gradients of `upsample_2x2`. dy: (B, 2H, 2W, O). Returns (dx (B, H, W, C), dweight
+    (C, O, 2, 2), dbias): the pixel shuffle undone, then the product's backward,
+    dx = dY W^T and dW = x^T dY on the (B H W) rows."""
+    x, wmat, has_bias = cache
+    B, H, W, C = x.shape
+    O = dy.shape[-1]
+    d = dy.reshape(B, H, 2, W, 2, O)                      # (B, H, a, W, d, O)
+    d = d.transpose(0, 1, 3, 2, 4, 5).reshape(B * H * W, 4 * O)  # (B H W, (a, d, O))
+    dx = (d @ wmat.T).reshape(B, H, W, C)                 # (rows, 4O) @ (4O, C)
+    dwmat = x.reshape(-1, C).T @ d                        # (C, rows) @ (rows, 4O)
+    dweight = dwmat.reshape(C, 2, 2, O).transpose(0, 3, 1, 2)  # (C, (a, d, O)) -> (C, O, a, d)
+    dbias = dy.sum(axis=(0, 1, 2)) if has_bias else None
+    return dx, dweight, dbias
 
 
 def micro_conditioning(micro_conds, batch, encode_dim, dtype=np.float32):
@@ -393,6 +495,19 @@ def _conv_nhwc(conv, x):
     """Any `Conv2d`/`ConvTranspose2d` module applied to channel-last x via its NCHW forward."""
     y = conv(x.transpose(0, 3, 1, 2))                     # (B, H, W, C) -> (B, C, H, W)
     return y.transpose(0, 2, 3, 1)                        # (B, O, h, w) -> (B, h, w, O)
+
+
+def _conv_nhwc_backward(conv, dy):
+    """The backward of `_conv_nhwc`: dy (B, h, w, O) -> dx (B, H, W, C) through the module."""
+    dx = conv.backward(dy.transpose(0, 3, 1, 2))          # (B, h, w, O) -> (B, O, h, w)
+    return dx.transpose(0, 2, 3, 1)                       # (B, C, H, W) -> (B, H, W, C)
+
+
+def _accumulate_linear(module, dweight, dbias):
+    """Add a functional backward's weight and bias gradients into a Linear/Conv2d module (a 1x1
+    conv's (O, C) weight gradient is reshaped to (O, C, 1, 1))."""
+    module._accumulate("weight", dweight)
+    module._accumulate("bias", dbias)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -427,7 +542,22 @@ class Attention(layers.Attention):
         w *= 1.0 / w.sum(axis=-1, keepdims=True)          # (B, nh, L, S), rows sum to 1
         out = F.merge_heads(w @ v)                        # (B, nh, L, hd) -> (B, L, I)
         out = self.to_out[1](self.to_out[0](out))         # (B, L, query_dim)
+        self._record(out, ((q, k, v, w, 1.0), encoder_hidden_states is None))
         return (out, w) if return_weights else out
+
+    def backward(self, grad_out):
+        """grad_out: (B, L, query_dim). Returns (d hidden_states, d encoder_hidden_states), the
+        second None for self-attention (then dx sums the q, k and v paths). The scale was folded
+        into q, so the core's backward runs with scale 1 and dq is scaled once at the end."""
+        core, self_attention = self._recall(grad_out)
+        d = self.to_out[0].backward(self.to_out[1].backward(grad_out))  # (B, L, I)
+        dq, dk, dv = F.scaled_dot_product_attention_backward(
+            F.merge_heads_backward(d, self.heads), core)               # 3 x (B, nh, tokens, hd)
+        dq *= 1.0 / math.sqrt(self.dim_head)                           # through q *= 1/sqrt(hd)
+        dx = self.to_q.backward(F.split_heads_backward(dq))
+        dctx = (self.to_k.backward(F.split_heads_backward(dk))
+                + self.to_v.backward(F.split_heads_backward(dv)))      # k and v share the input
+        return (dx + dctx, None) if self_attention else (dx, dctx)
 
 
 class GELU(layers.GELU):
@@ -435,7 +565,14 @@ class GELU(layers.GELU):
 
     def forward(self, x):
         x = to_module_dtype("GELU: x", x, self.dtype)
-        return gelu(x) if self.approximate == "none" else F.gelu(x, self.approximate)
+        out = gelu(x) if self.approximate == "none" else F.gelu(x, self.approximate)
+        return self._record(out, x)
+
+    def backward(self, grad_out):
+        x = self._recall(grad_out)
+        if self.approximate == "none":
+            return gelu_backward(grad_out, x)
+        return F.gelu_backward(grad_out, x, self.approximate)
 
 
 class AdaLayerNormContinuous(Module):
@@ -467,8 +604,18 @@ class AdaLayerNormContinuous(Module):
                                conditioning_embedding, self.dtype)
         check_rank("AdaLayerNormContinuous: conditioning_embedding", cond, 2, "(B, D)")
         check_batch("AdaLayerNormContinuous: conditioning_embedding", cond, x.shape[0])
-        scale, shift = scale_shift(cond, self.linear.weight, self.linear.bias)  # 2 x (B, C)
-        return adaptive_modulation(self.norm(x), scale, shift)
+        (scale, shift), ss_cache = scale_shift(cond, self.linear.weight, self.linear.bias,
+                                               return_cache=True)          # 2 x (B, C)
+        out, am_cache = adaptive_modulation(self.norm(x), scale, shift, return_cache=True)
+        return self._record(out, (ss_cache, am_cache))
+
+    def backward(self, grad_out):
+        """grad_out: (B, L, C). Returns (dx (B, L, C), d conditioning_embedding (B, D))."""
+        ss_cache, am_cache = self._recall(grad_out)
+        dn, dscale, dshift = adaptive_modulation_backward(grad_out, am_cache)
+        dcond, dweight, dbias = scale_shift_backward(dscale, dshift, ss_cache)
+        _accumulate_linear(self.linear, dweight, dbias)
+        return self.norm.backward(dn), dcond
 
 
 class FeedForward(Module):
@@ -497,10 +644,19 @@ class FeedForward(Module):
 
     def forward(self, hidden_states):
         """hidden_states: (..., dim) -> (..., dim_out)."""
-        h = geglu(self.net[0].proj(hidden_states))        # (..., 2F) -> (..., F)
+        u = self.net[0].proj(hidden_states)               # (..., 2F)
+        h = geglu(u)                                      # (..., 2F) -> (..., F)
         for module in list(self.net)[1:]:
             h = module(h)
-        return h
+        return self._record(h, u)
+
+    def backward(self, grad_out):
+        """grad_out: (..., dim_out) -> d hidden_states (..., dim)."""
+        u = self._recall(grad_out)
+        d = grad_out
+        for module in reversed(list(self.net)[1:]):
+            d = module.backward(d)
+        return self.net[0].proj.backward(geglu_backward(d, u))
 
 
 class SkipFFTransformerBlock(Module):
@@ -532,11 +688,28 @@ class SkipFFTransformerBlock(Module):
         x = to_module_dtype("SkipFFTransformerBlock: hidden_states", hidden_states, self.dtype)
         ctx = encoder_hidden_states
         if self.kv_mapper is not None:
-            ctx = self.kv_mapper(F.silu(to_module_dtype(
-                "SkipFFTransformerBlock: encoder_hidden_states", ctx, self.dtype)))  # (B, S, C)
-        x = x + self.attn1(self.norm1(x), ctx)
-        x = x + self.attn2(self.norm2(x), ctx)
-        return x
+            ctx = to_module_dtype("SkipFFTransformerBlock: encoder_hidden_states", ctx,
+                                  self.dtype)
+            mapped = self.kv_mapper(F.silu(ctx))          # (B, S, C)
+        else:
+            mapped = ctx
+        x = x + self.attn1(self.norm1(x), mapped)
+        x = x + self.attn2(self.norm2(x), mapped)
+        return self._record(x, ctx)
+
+    def backward(self, grad_out):
+        """grad_out: (B, L, C). Returns (d hidden_states, d encoder_hidden_states). Both
+        attentions read the same (mapped) text, so its two gradients are added."""
+        ctx = self._recall(grad_out)
+        d = grad_out
+        da, dctx2 = self.attn2.backward(d)
+        d = d + self.norm2.backward(da)                   # x + attn2(norm2(x), ctx)
+        da, dctx1 = self.attn1.backward(d)
+        d = d + self.norm1.backward(da)                   # x + attn1(norm1(x), ctx)
+        dctx = dctx1 + dctx2
+        if self.kv_mapper is not None:
+            dctx = F.silu_backward(self.kv_mapper.backward(dctx), ctx)
+        return d, dctx
 
 
 class ConvNextBlock(Module):
@@ -568,15 +741,35 @@ class ConvNextBlock(Module):
         check_rank("ConvNextBlock: x", x, 4, "(B, H, W, C)")
         cond = to_module_dtype("ConvNextBlock: cond_embeds", cond_embeds, self.dtype)
         check_batch("ConvNextBlock: cond_embeds", cond, x.shape[0])
-        h = depthwise_conv3x3(x, self.depthwise.weight, self.depthwise.bias)  # (B, H, W, C)
+        h, dw_cache = depthwise_conv3x3(x, self.depthwise.weight, self.depthwise.bias,
+                                        return_cache=True)  # (B, H, W, C)
         h = self.norm(h)
         h = self.channelwise_act(self.channelwise_linear_1(h))  # (B, H, W, 4C)
         h = self.channelwise_norm(h)
         h = self.channelwise_dropout(self.channelwise_linear_2(h))  # (B, H, W, C)
-        h += x
-        scale, shift = scale_shift(cond, self.cond_embeds_mapper.weight,
-                                   self.cond_embeds_mapper.bias)   # 2 x (B, C)
-        return adaptive_modulation(h, scale, shift)
+        h = h + x
+        (scale, shift), ss_cache = scale_shift(cond, self.cond_embeds_mapper.weight,
+                                               self.cond_embeds_mapper.bias,
+                                               return_cache=True)  # 2 x (B, C)
+        out, am_cache = adaptive_modulation(h, scale, shift, return_cache=True)
+        return self._record(out, (dw_cache, ss_cache, am_cache))
+
+    def backward(self, grad_out):
+        """grad_out: (B, H, W, C). Returns (dx (B, H, W, C), d cond_embeds (B, hidden_size)).
+
+        The modulation acted on the sum h + x, so its input gradient goes both to the residual
+        (straight to x) and into the branch, whose backward ends at the depthwise conv.
+        """
+        dw_cache, ss_cache, am_cache = self._recall(grad_out)
+        dsum, dscale, dshift = adaptive_modulation_backward(grad_out, am_cache)
+        dcond, dweight, dbias = scale_shift_backward(dscale, dshift, ss_cache)
+        _accumulate_linear(self.cond_embeds_mapper, dweight, dbias)
+        d = self.channelwise_linear_2.backward(self.channelwise_dropout.backward(dsum))
+        d = self.channelwise_linear_1.backward(
+            self.channelwise_act.backward(self.channelwise_norm.backward(d)))
+        dbranch, dweight, dbias = depthwise_conv3x3_backward(self.norm.backward(d), dw_cache)
+        _accumulate_linear(self.depthwise, dweight, dbias)
+        return dsum + dbranch, dcond                      # residual + branch
 
 
 def _make_sampler_norm(cls_name, norm_type, channels, eps, elementwise_affine, dtype):
@@ -630,15 +823,33 @@ class Downsample2D(Module):
             x = self.norm(x)
         if not self.use_conv:                             # 2x2 average pool, odd edges dropped
             B, H, W, C = x.shape
-            x = x[:, :H // 2 * 2, :W // 2 * 2]
-            x = x.reshape(B, H // 2, 2, W // 2, 2, C)     # (B, h, a, w, d, C)
-            return x.mean(axis=(2, 4))                    # (B, h, w, C)
+            pooled = x[:, :H // 2 * 2, :W // 2 * 2]
+            pooled = pooled.reshape(B, H // 2, 2, W // 2, 2, C)  # (B, h, a, w, d, C)
+            return self._record(pooled.mean(axis=(2, 4)), ("pool", x.shape))  # (B, h, w, C)
         conv = self.conv
         if self.padding == 0 and conv.kernel_size == (2, 2):
-            return downsample_2x2(x, conv.weight, conv.bias)
+            out, cache = downsample_2x2(x, conv.weight, conv.bias, return_cache=True)
+            return self._record(out, ("2x2", cache))
         if self.padding == 0:
             x = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # one zero row/column, bottom/right
-        return _conv_nhwc(conv, x)
+        return self._record(_conv_nhwc(conv, x), ("conv", None))
+
+    def backward(self, grad_out):
+        """grad_out: (B, H', W', out_channels) -> d hidden_states (B, H, W, channels)."""
+        path, cache = self._recall(grad_out)
+        if path == "pool":                                # each input shares 1/4 of its output
+            B, H, W, C = cache
+            h, w = H // 2, W // 2
+            d = np.repeat(np.repeat(grad_out * 0.25, 2, axis=1), 2, axis=2)  # (B, 2h, 2w, C)
+            d = np.pad(d, ((0, 0), (0, H - 2 * h), (0, W - 2 * w), (0, 0)))  # dropped edges: 0
+        elif path == "2x2":
+            d, dweight, dbias = downsample_2x2_backward(grad_out, cache)
+            _accumulate_linear(self.conv, dweight, dbias)
+        else:
+            d = _conv_nhwc_backward(self.conv, grad_out)
+            if self.padding == 0:
+                d = d[:, :-1, :-1]                        # the padded row and column
+        return d if self.norm is None else self.norm.backward(d)
 
 
 class Upsample2D(Module):
@@ -684,15 +895,34 @@ class Upsample2D(Module):
         if self.use_conv_transpose:
             conv = self.conv
             if conv.kernel_size == (2, 2) and conv.padding == 0:
-                return upsample_2x2(x, conv.weight, conv.bias)
-            return _conv_nhwc(conv, x)
+                out, cache = upsample_2x2(x, conv.weight, conv.bias, return_cache=True)
+                return self._record(out, ("2x2", cache))
+            return self._record(_conv_nhwc(conv, x), ("transpose", None))
         if self.interpolate:
             if output_size is not None:
                 raise NotImplementedError("Upsample2D: output_size is not implemented")
             x = x.repeat(2, axis=1).repeat(2, axis=2)     # (B, H, W, C) -> (B, 2H, 2W, C)
         if self.use_conv:
-            x = _conv_nhwc(self.conv if self.name == "conv" else self.Conv2d_0, x)
-        return x
+            x = _conv_nhwc(self._conv(), x)
+        return self._record(x, ("interpolate", None))
+
+    def _conv(self):
+        return self.conv if self.name == "conv" else self.Conv2d_0
+
+    def backward(self, grad_out):
+        """grad_out: (B, H', W', out_channels) -> d hidden_states (B, H, W, channels)."""
+        path, cache = self._recall(grad_out)
+        if path == "2x2":
+            d, dweight, dbias = upsample_2x2_backward(grad_out, cache)
+            _accumulate_linear(self.conv, dweight, dbias)
+        elif path == "transpose":
+            d = _conv_nhwc_backward(self.conv, grad_out)
+        else:
+            d = _conv_nhwc_backward(self._conv(), grad_out) if self.use_conv else grad_out
+            if self.interpolate:                          # each input was copied to 2 x 2 pixels
+                B, H2, W2, C = d.shape
+                d = d.reshape(B, H2 // 2, 2, W2 // 2, 2, C).sum(axis=(2, 4))
+        return d if self.norm is None else self.norm.backward(d)
 
 
 # The BasicTransformerBlock options this implementation supports (UVit2DModel's configuration).
@@ -782,7 +1012,35 @@ class BasicTransformerBlock(Module):
             a = self._norm(self.norm2, x, pooled_text_emb)
             x = x + self.attn2(a, encoder_hidden_states)
         a = self._norm(self.norm3, x, pooled_text_emb)
-        return x + self.ff(a)
+        return self._record(x + self.ff(a), None)
+
+    def _norm_backward(self, norm, d):
+        """(dx, d cond) of a norm; d cond is None for plain LayerNorms."""
+        if self.norm_type == "ada_norm_continuous":
+            return norm.backward(d)
+        return norm.backward(d), None
+
+    def backward(self, grad_out):
+        """grad_out: (B, L, dim). Returns (d hidden_states, d encoder_hidden_states, d
+        pooled_text_emb): the text gradient is None without cross-attention (or when attn2
+        attended to the block's own tokens), the conditioning one None for plain LayerNorms.
+        Every residual adds its branch's gradient to the one passing straight through; the
+        conditioning vector fed all three adaptive norms, so their gradients are summed."""
+        self._recall(grad_out)
+        dconds = []
+        d = grad_out
+        dx3, dc = self._norm_backward(self.norm3, self.ff.backward(d))
+        d, dconds = d + dx3, dconds + [dc]                # x + ff(norm3(x))
+        dctx = None
+        if self.attn2 is not None:
+            da, dctx = self.attn2.backward(d)
+            dx2, dc = self._norm_backward(self.norm2, da)
+            d, dconds = d + dx2, dconds + [dc]            # x + attn2(norm2(x), text)
+        da, _ = self.attn1.backward(d)
+        dx1, dc = self._norm_backward(self.norm1, da)
+        d, dconds = d + dx1, dconds + [dc]                # x + attn1(norm1(x))
+        dcond = None if dconds[0] is None else sum(dconds[1:], dconds[0])
+        return d, dctx, dcond
 
 
 class UVitBlock(Module):
@@ -822,6 +1080,7 @@ class UVitBlock(Module):
         check_rank("UVitBlock: x", x, 4, "(B, H, W, C)")
         if self.downsample is not None:
             x = self.downsample(x)
+        grid = x.shape
         for res_block, attention_block in zip(self.res_blocks, self.attention_blocks):
             x = res_block(x, pooled_text_emb)
             B, H, W, C = x.shape
@@ -830,7 +1089,23 @@ class UVitBlock(Module):
             x = tokens.reshape(B, H, W, C)                # (B, L, C) -> (B, H, W, C)
         if self.upsample is not None:
             x = self.upsample(x)
-        return x
+        return self._record(x, grid)
+
+    def backward(self, grad_out):
+        """grad_out: (B, H', W', C). Returns (dx, d pooled_text_emb, d encoder_hidden_states),
+        the last two summed over every ConvNeXt block and every attention block that read them."""
+        B, H, W, C = self._recall(grad_out)
+        d = grad_out if self.upsample is None else self.upsample.backward(grad_out)
+        dcond, dctx = 0.0, 0.0
+        for res_block, attention_block in zip(reversed(list(self.res_blocks)),
+                                              reversed(list(self.attention_blocks))):
+            dt, dc = attention_block.backward(d.reshape(B, H * W, C))  # (B, H, W, C) -> (B, L, C)
+            dctx = dctx + dc
+            d, dp = res_block.backward(dt.reshape(B, H, W, C))          # (B, L, C) -> (B, H, W, C)
+            dcond = dcond + dp
+        if self.downsample is not None:
+            d = self.downsample.backward(d)
+        return d, dcond, dctx
 
 
 class UVit2DConvEmbed(Module):
@@ -855,7 +1130,16 @@ class UVit2DConvEmbed(Module):
         check_rank("UVit2DConvEmbed: input_ids", input_ids, 3, "(B, H, W)")
         x = self.embeddings(input_ids)                    # (B, H, W, in_channels)
         x = self.layer_norm(x)
-        return _linear_nhwc(x, self.conv)                 # (B, H, W, block_out_channels)
+        out, cache = F.linear(x, self.conv.weight[:, :, 0, 0], self.conv.bias,
+                              return_cache=True)          # the 1x1 conv, (B, H, W, C_b)
+        return self._record(out, cache)
+
+    def backward(self, grad_out):
+        """grad_out: (B, H, W, block_out_channels). Accumulates the gradients of the conv, the
+        norm and the embedding table; the ids take none, so this returns None."""
+        dx, dweight, dbias = F.linear_backward(grad_out, self._recall(grad_out))
+        _accumulate_linear(self.conv, dweight, dbias)
+        return self.embeddings.backward(self.layer_norm.backward(dx))
 
 
 class ConvMlmLayer(Module):
@@ -880,13 +1164,33 @@ class ConvMlmLayer(Module):
         x = to_module_dtype("ConvMlmLayer: hidden_states", hidden_states, self.dtype)
         check_rank("ConvMlmLayer: hidden_states", x, 4, "(B, H, W, C)")
         B, H, W, _ = x.shape
-        h = self.layer_norm(_linear_nhwc(x, self.conv1))  # (B, H, W, in_channels)
+        z, conv1_cache = F.linear(x, self.conv1.weight[:, :, 0, 0], self.conv1.bias,
+                                  return_cache=True)      # the 1x1 conv1, (B, H, W, in_channels)
+        h = self.layer_norm(z)
         h = h.reshape(B, H * W, -1)                       # (B, H, W, Ci) -> (B, L, Ci)
         w2 = self.conv2.weight[:, :, 0, 0]                # (K, Ci, 1, 1) -> (K, Ci)
         logits = w2 @ h.transpose(0, 2, 1)                # (K, Ci) @ (B, Ci, L) -> (B, K, L)
         if self.conv2.bias is not None:
             logits += self.conv2.bias[:, None]
-        return logits.reshape(B, -1, H, W)                # (B, K, L) -> (B, K, H, W)
+        logits = logits.reshape(B, -1, H, W)              # (B, K, L) -> (B, K, H, W)
+        return self._record(logits, (conv1_cache, h))
+
+    def backward(self, grad_out):
+        """grad_out: logits' gradient (B, K, H, W) -> d hidden_states (B, H, W, C_b).
+
+        With the logits l = W2 h^T per sample: dW2 = sum_b dl_b h_b, dh = dl^T W2, db2 = sum dl.
+        """
+        conv1_cache, h = self._recall(grad_out)
+        B, K, H, W = grad_out.shape
+        dl = grad_out.reshape(B, K, H * W)                # (B, K, H, W) -> (B, K, L)
+        w2 = self.conv2.weight[:, :, 0, 0]                # (K, Ci)
+        dw2 = np.einsum("bkl,blc->kc", dl, h, optimize=True)
+        db2 = dl.sum(axis=(0, 2)) if self.conv2.bias is not None else None
+        _accumulate_linear(self.conv2, dw2, db2)
+        dh = (dl.transpose(0, 2, 1) @ w2).reshape(B, H, W, -1)  # (B, L, K) @ (K, Ci) -> NHWC
+        dx, dw1, db1 = F.linear_backward(self.layer_norm.backward(dh), conv1_cache)
+        _accumulate_linear(self.conv1, dw1, db1)
+        return dx
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1031,7 +1335,34 @@ class UVit2DModel(Module):
         x = z.reshape(B, H1, W1, C)                       # (B, L, C_b) -> (B, H1, W1, C_b)
         # 5. conv stage and output head
         x = self.up_block(x, cond, ctx)                   # (B, H2, W2, C_b)
-        return self.mlm_layer(x)                          # (B, K, H2, W2)
+        return self._record(self.mlm_layer(x), (z.shape, (B, H1, W1, C),
+                                                pooled_text_emb.shape[1]))
+
+    def backward(self, grad_out):
+        """grad_out: dLoss/d logits (B, K, H', W'). Returns (d encoder_hidden_states (B, S, E),
+        d pooled_text_emb (B, cond_embed_dim)); the ids and micro-conditions take none. Parameter
+        gradients accumulate in `grads()`.
+
+        Two tensors fan out to many blocks, and their gradients are summed over all of them: the
+        projected text `ctx` (every attention of both conv stages and every transformer layer)
+        and the conditioning vector `cond` (every ConvNeXt modulation and every adaptive norm).
+        """
+        check_floating("UVit2DModel.backward: grad_out", grad_out)
+        z_shape, grid, pooled_dim = self._recall(grad_out)
+        d = self.mlm_layer.backward(grad_out.astype(self.dtype, copy=False))
+        d, dcond, dctx = self.up_block.backward(d)
+        dz = self.project_from_hidden_norm.backward(
+            self.project_from_hidden.backward(d.reshape(z_shape)))      # (B, H1, W1, C) -> (B, L, C)
+        for layer in reversed(list(self.transformer_layers)):
+            dz, dc, dp = layer.backward(dz)
+            dctx, dcond = dctx + dc, dcond + dp
+        dz = self.project_to_hidden_norm.backward(self.project_to_hidden.backward(dz))
+        d, dp, dc = self.down_block.backward(dz.reshape(grid))          # (B, L, C) -> (B, H1, ...)
+        dcond, dctx = dcond + dp, dctx + dc
+        self.embed.backward(d)
+        dcat = self.cond_embed.backward(dcond)            # (B, D_p + M d)
+        dehs = self.encoder_proj.backward(self.encoder_proj_layer_norm.backward(dctx))
+        return dehs, dcat[:, :pooled_dim]                 # the micro-conditions get none
 
 
 # --------------------------------------------------------------------------------------------------
