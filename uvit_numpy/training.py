@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+from .optim import linear_warmup
+
 # --------------------------------------------------------------------------------------------------
 # Named configs
 # --------------------------------------------------------------------------------------------------
@@ -76,11 +78,9 @@ def train_config(name, **overrides):
 # Schedules of the optimisation
 # --------------------------------------------------------------------------------------------------
 def warmup_lr(step, lr, warmup_steps):
-    """The learning rate of optimizer step `step` (1, 2, ...): linear warm-up from lr / warmup to
-    lr over `warmup_steps` steps, then constant (the U-ViT paper's schedule)."""
-    if warmup_steps <= 0:
-        return lr
-    return lr * min(1.0, step / warmup_steps)
+    """The learning rate of optimizer step `step`: `optim.linear_warmup` (linear warm-up from
+    lr / warmup to lr over `warmup_steps` steps, then constant; the U-ViT paper's schedule)."""
+    return linear_warmup(step, lr, warmup_steps)
 
 
 def ema_decay(step, max_decay):
