@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from uvit_torch import parity
-from uvit_torch.testing import TOLERANCE
+from uvit_torch.parity.harness import TOLERANCE
 
 
 def case_params(cases):

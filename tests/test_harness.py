@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from uvit_torch.testing import assert_close, compare
+from uvit_torch.parity.harness import assert_close, compare
 
 
 def test_compare_reports_relative_error_to_the_output_size():

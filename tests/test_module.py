@@ -8,7 +8,7 @@ import torch
 
 import uvit_numpy as N
 import uvit_torch as T
-from uvit_torch.testing import make_pair, numpy_state_dict
+from uvit_torch.parity.harness import make_pair, numpy_state_dict
 
 
 def test_state_dict_keys_and_shapes_match_torch():

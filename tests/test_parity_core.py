@@ -1,12 +1,13 @@
 """Every core op: NumPy vs torch, float64 (rel <= 1e-10) and float32 (rel <= 1e-5), batch 1 and 3.
 
-The cases are the ones `python -m uvit_torch.parity` reports (uvit_torch/parity_core.py)."""
+The cases are the ones `python -m uvit_torch.parity` reports (uvit_torch/parity/core.py)."""
 
 import numpy as np
 import pytest
 
 from tests.parity_params import assert_case_passes, case_params
-from uvit_torch import parity, parity_core
+from uvit_torch import parity
+from uvit_torch.parity import core as parity_core
 
 CASES = parity_core.cases()
 PARAMS = case_params(CASES)

@@ -26,8 +26,9 @@ from diffusers import UVit2DModel as DiffusersUVit2DModel
 
 import uvit_numpy.uvit2d as N
 import uvit_torch.uvit2d as T
-from uvit_torch import parity, parity_uvit2d
-from uvit_torch.testing import TOLERANCE, assert_close, compare, randomize_, to_torch
+from uvit_torch import parity
+from uvit_torch.parity import uvit2d as parity_uvit2d
+from uvit_torch.parity.harness import TOLERANCE, assert_close, compare, randomize_, to_torch
 
 F32_CASES = parity_uvit2d.diffusers_cases("tiny", dtypes=("float32",))
 F64_CASES = parity_uvit2d.diffusers_cases("tiny", dtypes=("float64",))

@@ -16,8 +16,8 @@ from scipy.special import erf
 import uvit_numpy.functional as NF
 import uvit_numpy.uvit2d as N
 import uvit_torch.uvit2d as T
-from uvit_torch.parity_uvit2d import micro_conds, model_inputs
-from uvit_torch.testing import make_pair, numpy_state_dict, to_torch
+from uvit_torch.parity.uvit2d import micro_conds, model_inputs
+from uvit_torch.parity.harness import make_pair, numpy_state_dict, to_torch
 
 TINY = N.resolve_config("tiny")
 
@@ -199,7 +199,7 @@ def test_module_trees_are_twins():
 
 def test_parity_weights_exercise_the_zero_initialised_parameters():
     """GlobalResponseNorm's gamma/beta start at 0 (GRN = identity); parity cases perturb them."""
-    from uvit_torch.parity_uvit2d import cases
+    from uvit_torch.parity.uvit2d import cases
     case = next(c for c in cases("tiny") if c.name == "UVit2DModel tiny")
     ours, _, _ = case.build(np.dtype(np.float64), 1)
     grn = ours.down_block.res_blocks[0].channelwise_norm
@@ -443,7 +443,7 @@ def test_parity_report_options(capsys):
 def test_bench_runs_on_the_tiny_config(capsys):
     """The benchmark's machinery (shared weights, interleaved timing, memory) on the tiny config;
     its figures for amused-256 come from `python -m uvit_torch.bench`, not from a test."""
-    from uvit_torch import bench
+    from uvit_torch.parity import bench
     res = bench.run("tiny", repeats=2, grid=8, text_len=5, pause=0.0,
                     with_diffusers=True)
     out = capsys.readouterr().out

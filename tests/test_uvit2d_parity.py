@@ -4,7 +4,7 @@ batch 1 and 3; non-square and odd grids; text lengths 1, 3, 7, 77; GRN and other
 parameters perturbed), float64 (rel <= 1e-10) and float32 (rel <= 1e-5); and the full amused-256
 config on random weights (slow, still run in CI).
 
-The cases are the ones `python -m uvit_torch.parity` reports (uvit_torch/parity_uvit2d.py)."""
+The cases are the ones `python -m uvit_torch.parity` reports (uvit_torch/parity/uvit2d.py)."""
 
 import numpy as np
 import pytest
@@ -12,8 +12,9 @@ import torch
 
 from tests.parity_params import assert_case_passes, case_params
 from uvit_numpy import uvit2d as N
-from uvit_torch import parity, parity_uvit2d
-from uvit_torch.testing import assert_close, to_torch
+from uvit_torch import parity
+from uvit_torch.parity import uvit2d as parity_uvit2d
+from uvit_torch.parity.harness import assert_close, to_torch
 
 CASES = [case for case in parity_uvit2d.cases("tiny") if not case.slow]
 PARAMS = case_params(CASES)

@@ -7,7 +7,7 @@ import torch
 
 from uvit_numpy import uvit as NU
 from uvit_torch import uvit as TU
-from uvit_torch.parity_uvit import SMALL, TEXT
+from uvit_torch.parity.uvit import SMALL, TEXT
 
 UNCOND = SMALL                                   # 8x8, P=2, 3 channels
 COND = dict(SMALL, num_classes=10)

@@ -12,8 +12,8 @@ from uvit_numpy import uvit as NU
 from uvit_torch import uvit as TU
 from uvit_torch.checkpoint import (load_numpy_state_dict, load_pretrained, load_pth,
                                    to_numpy_state_dict)
-from uvit_torch.parity_uvit import SMALL, TEXT, model_inputs, randomize_uvit_
-from uvit_torch.testing import TOLERANCE, assert_close
+from uvit_torch.parity.uvit import SMALL, TEXT, model_inputs, randomize_uvit_
+from uvit_torch.parity.harness import TOLERANCE, assert_close
 
 # A scaled-down paper config: the config machinery, at test size.
 TINY = {"embed_dim": 32, "num_heads": 4, "depth": 4}

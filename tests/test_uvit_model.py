@@ -13,8 +13,8 @@ import uvit_numpy as N
 import uvit_torch as T
 from uvit_numpy import uvit as NU
 from uvit_torch import uvit as TU
-from uvit_torch.parity_uvit import SMALL, TEXT, model_inputs, uvit_pair
-from uvit_torch.testing import to_numpy
+from uvit_torch.parity.uvit import SMALL, TEXT, model_inputs, uvit_pair
+from uvit_torch.parity.harness import to_numpy
 
 # The exact parameter counts of the paper's code, from the spec.
 PAPER_PARAMS = {

@@ -1,13 +1,14 @@
 """U-ViT, NumPy vs torch: every block and whole models in every option, float64 (rel <= 1e-10) and
 float32 (rel <= 1e-5), batch 1 and 3, and the paper's CIFAR-10 model (slow, still run in CI).
 
-The cases are the ones `python -m uvit_torch.parity` reports (uvit_torch/parity_uvit.py)."""
+The cases are the ones `python -m uvit_torch.parity` reports (uvit_torch/parity/uvit.py)."""
 
 import numpy as np
 import pytest
 
 from tests.parity_params import assert_case_passes, case_params
-from uvit_torch import parity, parity_uvit
+from uvit_torch import parity
+from uvit_torch.parity import uvit as parity_uvit
 
 CASES = parity_uvit.cases()
 PARAMS = case_params(CASES)

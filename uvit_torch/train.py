@@ -32,7 +32,7 @@ from uvit_numpy.data import load_digits
 
 from .losses import mse_loss
 from .schedulers import add_noise
-from .testing import TORCH_DTYPE
+from .parity.harness import TORCH_DTYPE
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 

@@ -7,7 +7,7 @@
     python -m uvit_torch.parity --config amused-256 --only Conv  # blocks at aMUSEd's sizes
 
 Prints a table (name, input and output shapes, max abs and rel error, pass/fail, time in each) and
-exits 1 if any case fails its tolerance (`testing.TOLERANCE`: 1e-10 in float64, 1e-5 in float32).
+exits 1 if any case fails its tolerance (`harness.TOLERANCE`: 1e-10 in float64, 1e-5 in float32).
 A case is a `Case(name, build)`; `build(dtype, batch)` returns `(ours, theirs, inputs)`: two
 callables and the NumPy inputs that both receive (torch gets them as tensors). The test suite
 runs the very same cases.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .testing import TOLERANCE, compare, to_torch
+from .harness import TOLERANCE, compare, to_torch
 
 
 @dataclass
@@ -78,10 +78,10 @@ def all_cases(against_diffusers=False, config=None):
     """
     import inspect
 
-    from . import parity_core
-    cases = [] if against_diffusers or config else list(parity_core.cases())
+    from . import core
+    cases = [] if against_diffusers or config else list(core.cases())
     for module_name in PARITY_MODULES:
-        module = __import__(f"{__package__}.{module_name}", fromlist=["cases"])
+        module = __import__(f"{__name__}.{module_name}", fromlist=["cases"])
         make = getattr(module, "diffusers_cases", None) if against_diffusers else module.cases
         if make is None:
             continue
@@ -93,7 +93,7 @@ def all_cases(against_diffusers=False, config=None):
 
 
 # Modules that add cases (each defines `cases()`); the models register here.
-PARITY_MODULES = ["parity_uvit", "parity_uvit2d"]
+PARITY_MODULES = ["uvit", "uvit2d"]
 
 
 def format_table(rows, labels=("numpy s", "torch s")):
@@ -148,6 +148,3 @@ def main(argv=None):
         print("FAIL", r.dtype, f"B={r.batch}", r.detail)
     return 1 if failed or not rows else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

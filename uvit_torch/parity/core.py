@@ -10,10 +10,10 @@ import torch.nn.functional as TF
 import uvit_numpy.functional as NF
 import uvit_numpy.layers as N
 
-from . import functional as UF
-from . import layers as T
-from .parity import Case
-from .testing import make_pair
+from .. import functional as UF
+from .. import layers as T
+from . import Case
+from .harness import make_pair
 
 
 def _rng(name, batch):

@@ -25,10 +25,10 @@ import torch
 import uvit_numpy.layers as NL
 import uvit_numpy.uvit2d as N
 
-from . import layers as TL
-from . import uvit2d as T
-from .parity import Case
-from .testing import TORCH_DTYPE, make_pair, randomize_, to_torch
+from .. import layers as TL
+from .. import uvit2d as T
+from . import Case
+from .harness import TORCH_DTYPE, make_pair, randomize_, to_torch
 
 # aMUSEd-like micro-conditions: [width, height, crop x, crop y, aesthetic score]
 MICRO_CONDS = ((256.0, 256.0, 0.0, 0.0, 6.0), (512.0, 192.0, 3.0, 7.0, 5.5),
