@@ -546,6 +546,23 @@ def timestep_embedding(timesteps, dim, max_period=10000):
 
 
 # --------------------------------------------------------------------------------------------------
+# Joining and splitting
+# --------------------------------------------------------------------------------------------------
+def concat_backward(dy, sizes, axis=-1):
+    """Gradient of `np.concatenate` of pieces with these `sizes` along `axis`: dy split at the same
+    offsets (the long skip's [x, skip], the token sequence [label, time, patches])."""
+    return tuple(np.split(dy, np.cumsum(sizes)[:-1], axis=axis))
+
+
+def split_backward(grads, shapes, axis=-1):
+    """Gradient of a split into pieces of `shapes`: their gradients joined back along `axis`,
+    zeros for a piece that received none (None), e.g. an unused chunk."""
+    parts = [np.zeros(s, dtype=next(g for g in grads if g is not None).dtype) if g is None else g
+             for g, s in zip(grads, shapes)]
+    return np.concatenate(parts, axis=axis)
+
+
+# --------------------------------------------------------------------------------------------------
 # Patches
 # --------------------------------------------------------------------------------------------------
 def patchify(x, patch_size):

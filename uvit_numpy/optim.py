@@ -41,8 +41,14 @@ class _Optimizer:
         self.model.zero_grad()
 
     def _params_and_grads(self):
+        """(name, parameter, gradient) once per parameter array (a module registered under two
+        names, as diffusers' `Downsample2D(name="conv")` does, is stepped once)."""
         grads = self.model.grads()
+        seen = set()
         for name, p in self.model.state_dict().items():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
             yield name, p, grads[name].astype(p.dtype, copy=False)
 
     def state_dict(self):

@@ -32,6 +32,7 @@ class Case:
     batches: tuple = (1, 3)
     dtypes: tuple = ("float64", "float32")
     slow: bool = False       # left out of the default report unless --all
+    grad_inputs: tuple = None  # --grads: the inputs that take a gradient (None: every float one)
 
 
 @dataclass
@@ -96,21 +97,41 @@ def all_cases(against_diffusers=False, config=None):
 PARITY_MODULES = ["uvit", "uvit2d"]
 
 
-def format_table(rows, labels=("numpy s", "torch s")):
-    w = max([34] + [len(r.name) for r in rows])
-    head = (f"{'case':<{w}} {'dtype':<8} {'B':>2} {'inputs':<28} {'output':<18} "
-            f"{'max abs':>9} {'max rel':>9} {'ok':<4} {labels[0]:>8} {labels[1]:>8}")
+def format_table(rows, labels=("numpy ms", "torch ms")):
+    """The forward report, within 100 columns: case, dtype, batch, output shape, errors, verdict,
+    time on each side in milliseconds (the inputs' shapes are in each case's failure detail)."""
+    names = [r.name.removesuffix(" vs diffusers") for r in rows]  # the labels say who is who
+    w = min(42, max([20] + [len(n) for n in names]))
+    head = (f"{'case':<{w}} {'dt':<3} {'B':>1} {'output':<11} {'max abs':>8} {'max rel':>8} "
+            f"{'ok':<4} {labels[0]:>8} {labels[1]:>8}")
     lines = [head, "-" * len(head)]
-    for r in rows:
+    for name, r in zip(names, rows):
         out = "x".join(map(str, r.out_shape))
         lines.append(
-            f"{r.name:<{w}} {r.dtype:<8} {r.batch:>2} {r.in_shapes[:28]:<28} {out[:18]:<18} "
-            f"{r.max_abs:>9.2e} {r.max_rel:>9.2e} {'PASS' if r.passed else 'FAIL':<4} "
-            f"{r.t_ours:>8.4f} {r.t_theirs:>8.4f}")
+            f"{name[:w]:<{w}} {_short(r.dtype):<3} {r.batch:>1} {out[:11]:<11} {r.max_abs:>8.1e} "
+            f"{r.max_rel:>8.1e} {'PASS' if r.passed else 'FAIL':<4} {1e3 * r.t_ours:>8.2f} "
+            f"{1e3 * r.t_theirs:>8.2f}")
     return "\n".join(lines)
 
 
+def _short(dtype):
+    """float64 -> f64, float32 -> f32: the report's dtype column."""
+    return dtype.replace("float", "f")
+
+
+def quiet_diffusers():
+    """Silence diffusers' warnings (once), such as the one repeated for every model built in
+    float64 ("There are modules in UVit2DModel that should be kept in float32..."): noise to a
+    reader of the report, which explains its float32 islands itself."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        return
+    diffusers_logging.set_verbosity_error()
+
+
 def main(argv=None):
+    from uvit_numpy.uvit2d import CONFIGS
     parser = argparse.ArgumentParser(prog="python -m uvit_torch.parity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="run cases whose name contains this text")
@@ -120,8 +141,12 @@ def main(argv=None):
     parser.add_argument("--against-diffusers", action="store_true",
                         help="compare the torch port with diffusers' own classes (float32; needs "
                              "diffusers) instead of with the NumPy reference")
-    parser.add_argument("--config", metavar="NAME", default=None,
-                        help="run the model cases at a named config (e.g. tiny, amused-256)")
+    parser.add_argument("--config", metavar="NAME", default=None, choices=sorted(CONFIGS),
+                        help=f"run the UVit2DModel cases at a named config "
+                             f"({', '.join(sorted(CONFIGS))})")
+    parser.add_argument("--grads", action="store_true",
+                        help="compare the NumPy backward passes with torch autograd instead "
+                             "(float64 <= 1e-10, float32 <= 1e-4)")
     args = parser.parse_args(argv)
     if args.against_diffusers:
         try:
@@ -129,22 +154,33 @@ def main(argv=None):
         except ImportError:
             print("--against-diffusers needs diffusers: pip install -e '.[dev]'")
             return 1
+        quiet_diffusers()
     torch.manual_seed(0)
-    rows = []
-    flags = args.against_diffusers or args.config is not None
-    for case in all_cases(args.against_diffusers, args.config) if flags else all_cases():
-        if args.only not in case.name or (case.slow and not args.all):
-            continue
-        for dtype in case.dtypes:
-            if args.dtype and dtype not in args.dtype:
+    if args.grads:
+        from .grads import format_grad_table, run_grads
+        rows = run_grads(args.only, args.dtype)
+        table = format_grad_table(rows)
+    else:
+        rows = []
+        flags = args.against_diffusers or args.config is not None
+        for case in all_cases(args.against_diffusers, args.config) if flags else all_cases():
+            if args.only not in case.name or (case.slow and not args.all):
                 continue
-            for batch in case.batches:
-                rows.append(run_case(case, dtype, batch))
-    print(format_table(rows, ("torch s", "diffus s") if args.against_diffusers else
-                       ("numpy s", "torch s")))
+            for dtype in case.dtypes:
+                if args.dtype and dtype not in args.dtype:
+                    continue
+                for batch in case.batches:
+                    rows.append(run_case(case, dtype, batch))
+        table = format_table(rows, ("torch ms", "diffs ms") if args.against_diffusers else
+                             ("numpy ms", "torch ms"))
+    if not rows:
+        what = f" whose name contains {args.only!r}" if args.only else ""
+        print(f"no case{what} to run; `--only` matches part of a case name (case-sensitive), "
+              f"e.g. --only Linear", file=sys.stderr)
+        return 1
+    print(table)
     failed = [r for r in rows if not r.passed]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
     for r in failed:
         print("FAIL", r.dtype, f"B={r.batch}", r.detail)
-    return 1 if failed or not rows else 0
-
+    return 1 if failed else 0

@@ -89,7 +89,8 @@ def model_case(name, torch_cls, numpy_cls, kwargs, int_times=False, slow=False):
     def build(dtype, batch):
         ours, theirs = pair(np.dtype(dtype))
         return ours, theirs, model_inputs(ours, _rng(name, batch), batch, dtype, int_times)
-    case = Case(name, build, slow=slow)
+    text = numpy_cls is N.UViTText
+    case = Case(name, build, slow=slow, grad_inputs=(0, 2) if text else (0,))  # x [, context]
     case.pair = pair          # (dtype) -> (numpy, torch) models; `case.pair.cache_clear()` frees
     return case
 

@@ -205,7 +205,7 @@ def model_variants(config="tiny"):
     return [
         ("UVit2DModel tiny", {}, (4, 6), 7),
         ("UVit2DModel tiny use_bias", {"use_bias": True}, (4, 6), 7),
-        ("UVit2DModel tiny ln_elementwise_affine=False", {"ln_elementwise_affine": False},
+        ("UVit2DModel tiny no elementwise affine", {"ln_elementwise_affine": False},
          (4, 6), 7),
         ("UVit2DModel tiny bias, no affine", {"use_bias": True, "ln_elementwise_affine": False},
          (6, 4), 3),
@@ -224,7 +224,9 @@ def _model_case(config, name, overrides, grid, text_len, batches=(1, 3), dtypes=
     def build(dtype, batch):
         ours, theirs = make_pair(T.UVit2DModel, N.UVit2DModel, dtype=dtype, **cfg)
         return ours, theirs, model_inputs(cfg, _rng(name, batch), batch, dtype, grid, text_len)
-    return Case(name, build, batches, dtypes or ("float64", "float32"), slow)
+    return Case(name, build, batches, dtypes or ("float64", "float32"), slow,
+                grad_inputs=(1, 2))                       # the text and the pooled text
+
 
 
 def shared_pair(config, dtype=np.float32, seed=0):
