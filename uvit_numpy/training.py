@@ -141,6 +141,35 @@ def diffusion_batch(images, labels, cfg, seed, step, dtype=np.float32):
     return {"x0": x0, "y": y, "t": t, "noise": noise}
 
 
+def mask_tokens(tokens, rng, mask_token_id, ignore_index=-100):
+    """MaskGIT's training corruption of a batch of code grids, as aMUSEd's training script does it.
+
+    tokens: (B, H, W) code ids in [0, K). For each image a mask ratio r = cos(pi/2 u), u ~ U(0, 1)
+    (the cosine schedule: on average 2/pi = 64 % masked), and exactly n = round(L r) positions
+    (at least 1) chosen uniformly at random, the n smallest of a random (B, L) array, are replaced
+    by `mask_token_id` (outside the codebook). Returns (input_ids, labels), both (B, H, W):
+    labels hold the true code where masked and `ignore_index` elsewhere, so the loss counts the
+    masked positions only.
+    """
+    B, H, W = tokens.shape
+    L = H * W
+    ratio = np.cos(0.5 * np.pi * rng.random(B))                        # (B,) in (0, 1]
+    count = np.clip(np.round(L * ratio), 1, L).astype(np.int64)        # (B,) masked per image
+    rank = np.argsort(np.argsort(rng.random((B, L)), axis=1), axis=1)   # a random order per row
+    masked = (rank < count[:, None]).reshape(B, H, W)                  # exactly count[b] True
+    input_ids = np.where(masked, mask_token_id, tokens)
+    labels = np.where(masked, tokens, ignore_index)
+    return input_ids.astype(np.int64), labels.astype(np.int64)
+
+
+def class_condition(labels, num_classes, dtype=np.float32):
+    """A class as UVit2DModel's text inputs: the one-hot (B, num_classes + 1) (the last column is
+    the null class) as `pooled_text_emb` and, as one text token, `encoder_hidden_states`
+    (B, 1, num_classes + 1). Through `encoder_proj` a one-hot is a learned class vector."""
+    onehot = np.eye(num_classes + 1, dtype=dtype)[labels]              # (B, K + 1)
+    return onehot[:, None, :], onehot                                  # (B, 1, K + 1), (B, K + 1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------
