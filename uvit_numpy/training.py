@@ -20,6 +20,8 @@ import csv
 import json
 import math
 import os
+import sys
+import time
 
 import numpy as np
 
@@ -246,10 +248,121 @@ def read_log(path):
     return {k: np.array([float(r[k]) for r in rows]) for k in LOG_FIELDS}
 
 
-def check_finite(loss, step, checkpoint_path, last_step):
-    """Stop the run on a non-finite loss, naming the last good checkpoint (which is kept)."""
-    if not math.isfinite(loss):
+def check_finite(loss, grad_norm, step, checkpoint_path, last_step):
+    """Stop the run on a non-finite loss or gradient, before the optimizer applies it, naming the
+    last good checkpoint (which is kept)."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         where = (f"the last good checkpoint (step {last_step}) is kept at {checkpoint_path}"
                  if last_step else "no checkpoint was written yet")
-        raise FloatingPointError(f"the loss is {loss} at step {step}; stopping: {where}. "
-                                 f"Try a lower --lr or a smaller --grad-clip.")
+        raise FloatingPointError(f"the loss is {loss} (gradient norm {grad_norm}) at step {step}; "
+                                 f"stopping before the update: {where}. Try a lower --lr.")
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop both trainers run
+# --------------------------------------------------------------------------------------------------
+def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True):
+    """Train `cfg` into the folder `out` with `backend` (the torch or the NumPy one), or resume it.
+
+    The backend holds the model, its EMA and the optimizer, and knows four things:
+    `setup(cfg, seed, dtype)`, `forward_backward(step)` -> (loss, gradient norm before clipping,
+    gradients clipped), `optimizer_step(step, lr)` (AdamW, then the EMA), `arrays()` ->
+    (checkpoint arrays, optimizer step counts), `load(arrays, optimizer_steps)` and
+    `export(folder, info)`. This loop does the rest: the learning-rate schedule, the log, the
+    checkpoints, resuming and stopping. Returns a summary dict.
+    """
+    if cfg["checkpoint_every"] % cfg["log_every"]:
+        raise ValueError(f"checkpoint_every ({cfg['checkpoint_every']}) must be a multiple of "
+                         f"log_every ({cfg['log_every']}), so that a resumed log lines up")
+    ckpt_path = os.path.join(out, "checkpoint.safetensors")
+    backend.setup(cfg, seed, dtype)
+    start, elapsed = 0, 0.0
+    if resume:
+        arrays, meta = load_checkpoint(ckpt_path)
+        check_resume(meta, cfg, ckpt_path)
+        if meta["seed"] != seed or meta["dtype"] != dtype:
+            raise ValueError(f"--resume: {ckpt_path!r} was written with seed {meta['seed']} and "
+                             f"dtype {meta['dtype']}, not seed {seed} and dtype {dtype}")
+        backend.load(arrays, meta["optimizer_steps"])
+        start, elapsed = meta["step"], meta["seconds"]
+        if start >= cfg["steps"]:
+            raise ValueError(f"--resume: the checkpoint is at step {start}, which is not before "
+                             f"the last step {cfg['steps']}; pass a larger --steps to go on")
+    os.makedirs(out, exist_ok=True)
+    log = LossLog(os.path.join(out, "log.csv"), resume_step=start)
+    meta = {"config": cfg, "seed": seed, "dtype": dtype, "framework": backend.name}
+    last_good, window, row = start, [], None
+    bar = _progress_bar(cfg, start, progress)
+    for step in range(start + 1, cfg["steps"] + 1):
+        tic = time.perf_counter()
+        loss, grad_norm = backend.forward_backward(step)
+        check_finite(loss, grad_norm, step, ckpt_path, last_good)
+        lr = warmup_lr(step, cfg["lr"], cfg["warmup_steps"])
+        backend.optimizer_step(step, lr)
+        seconds = time.perf_counter() - tic
+        elapsed += seconds
+        window.append(loss)
+        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+            row = dict(step=step, loss=float(np.mean(window)), lr=lr, grad_norm=grad_norm,
+                       seconds=round(elapsed, 3))
+            log.write(**row)
+            window = []
+        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
+            arrays, optimizer_steps = backend.arrays()
+            save_checkpoint(ckpt_path, arrays, {**meta, "step": step, "seconds": elapsed,
+                                                "optimizer_steps": optimizer_steps})
+            last_good = step
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", step_s=f"{seconds:.2f}",
+                            img_s=f"{cfg['batch_size'] / seconds:.0f}")
+    if bar is not None:
+        bar.close()
+    model_dir = os.path.join(out, "model")
+    info = {"seed": seed, "steps": cfg["steps"], "seconds": round(elapsed, 1),
+            "framework": backend.name, "dtype": dtype}
+    backend.export(model_dir, info)
+    return {"steps": cfg["steps"], "seconds": elapsed, "loss": row["loss"] if row else None,
+            "checkpoint": ckpt_path, "model": model_dir}
+
+
+def _progress_bar(cfg, start, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=cfg["steps"], initial=start, desc=cfg["name"], unit="step",
+                dynamic_ncols=True)
+
+
+def build_parser(prog, description):
+    """The command line both trainers share."""
+    import argparse
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("config", choices=sorted(TRAIN_CONFIGS),
+                        help="named training config (uvit_numpy.training.TRAIN_CONFIGS)")
+    parser.add_argument("--out", help="run folder (default runs/CONFIG)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--steps", type=int, help="total steps (to extend a finished run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
+    parser.add_argument("--batch-size", type=int, help="default: the config's")
+    parser.add_argument("--checkpoint-every", type=int, help="default: the config's")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(backend, args):
+    """Run the parsed command line `args` with `backend`; prints a JSON summary. Exit status."""
+    cfg = train_config(args.config, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                       checkpoint_every=args.checkpoint_every)
+    out = args.out or os.path.join("runs", args.config)
+    try:
+        summary = run(cfg, out, backend, resume=args.resume, seed=args.seed, dtype=args.dtype,
+                      progress=not args.no_progress)
+    except (FloatingPointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v)
+                      for k, v in summary.items()}))
+    return 0

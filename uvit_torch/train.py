@@ -17,12 +17,8 @@ The optimisation is the U-ViT paper's (AdamW over all parameters, linear warm-up
 EMA of the weights), with `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_`.
 """
 
-import argparse
 import copy
-import json
-import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -32,9 +28,9 @@ from uvit_numpy.data import load_digits
 
 from .losses import mse_loss
 from .schedulers import add_noise
-from .parity.harness import TORCH_DTYPE
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,16 +93,17 @@ def optimizer_arrays(model, optimizer):
 
 def load_optimizer_arrays(model, optimizer, arrays, steps):
     """Put the moments and step counts of a checkpoint back into `optimizer` (by name)."""
-    saved = optimizer.state_dict()
-    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    params = dict(model.named_parameters())
+    index = {name: i for i, name in enumerate(params)}
     state = {}
     for name, count in steps.items():
-        p = dict(model.named_parameters())[name]
+        p = params[name]
         state[index[name]] = {
             "step": torch.tensor(count, dtype=torch.get_default_dtype()),
             "exp_avg": torch.from_numpy(arrays[f"exp_avg.{name}"].copy()).to(p),
             "exp_avg_sq": torch.from_numpy(arrays[f"exp_avg_sq.{name}"].copy()).to(p)}
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    optimizer.load_state_dict({"state": state,
+                               "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 @torch.no_grad()
@@ -125,130 +122,68 @@ def torch_state(arrays):
 
 
 # --------------------------------------------------------------------------------------------------
-# The loop
+# The backend of the shared loop (`uvit_numpy.training.run`)
 # --------------------------------------------------------------------------------------------------
-def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True):
-    """Run (or resume) the training described by `cfg` (from `training.train_config`) into the
-    folder `out`. Returns a summary dict (steps, seconds, last logged loss, paths)."""
-    np_dtype = DTYPES[dtype]
-    if cfg["checkpoint_every"] % cfg["log_every"]:
-        raise ValueError(f"train: checkpoint_every ({cfg['checkpoint_every']}) must be a multiple "
-                         f"of log_every ({cfg['log_every']}), so a resumed log lines up")
-    task = TASKS[cfg["task"]](cfg, np_dtype)
-    ckpt_path = os.path.join(out, "checkpoint.safetensors")
-    model = task.build(seed)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                                  eps=cfg["eps"], weight_decay=cfg["weight_decay"])
-    start, elapsed = 0, 0.0
-    if resume:
-        arrays, meta = T.load_checkpoint(ckpt_path)
-        T.check_resume(meta, cfg, ckpt_path)
-        if meta["seed"] != seed or meta["dtype"] != dtype:
-            raise ValueError(f"--resume: {ckpt_path!r} was written with seed {meta['seed']} and "
-                             f"dtype {meta['dtype']}, not seed {seed} and dtype {dtype}")
-        model.load_state_dict(torch_state(T.split_prefix(arrays, "model.")))
-        ema.load_state_dict(torch_state(T.split_prefix(arrays, "ema.")))
-        load_optimizer_arrays(model, optimizer, T.split_prefix(arrays, "optim."),
-                              meta["optimizer_steps"])
-        start, elapsed = meta["step"], meta["seconds"]
-    os.makedirs(out, exist_ok=True)
-    log = T.LossLog(os.path.join(out, "log.csv"), resume_step=start)
-    meta = {"config": cfg, "seed": seed, "dtype": dtype, "framework": "torch"}
-    last_good, window, row = start, [], None
+class TorchBackend:
+    """The model, its EMA and `torch.optim.AdamW`; one step is torch autograd, then
+    `clip_grad_norm_`, AdamW at the scheduled learning rate, the EMA update."""
 
-    def checkpoint(step):
-        arrays = {f"model.{k}": v for k, v in numpy_state(model).items()}
-        arrays.update({f"ema.{k}": v for k, v in numpy_state(ema).items()})
-        opt_arrays, opt_steps = optimizer_arrays(model, optimizer)
-        arrays.update(opt_arrays)
-        T.save_checkpoint(ckpt_path, arrays, {**meta, "step": step, "seconds": elapsed,
-                                              "optimizer_steps": opt_steps})
+    name = f"torch {torch.__version__}"
 
-    bar = _progress(cfg, start, progress)
-    model.train()
-    for step in range(start + 1, cfg["steps"] + 1):
-        tic = time.perf_counter()
-        batch = task.batch(seed, step)
-        lr = T.warmup_lr(step, cfg["lr"], cfg["warmup_steps"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = task.loss(model, batch)
-        T.check_finite(loss.item(), step, ckpt_path, last_good)
-        optimizer.zero_grad(set_to_none=True)
+    def setup(self, cfg, seed, dtype):
+        self.cfg, self.seed = cfg, seed
+        self.task = TASKS[cfg["task"]](cfg, DTYPES[dtype])
+        self.model = self.task.build(seed).train()
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"],
+                                           betas=tuple(cfg["betas"]), eps=cfg["eps"],
+                                           weight_decay=cfg["weight_decay"])
+
+    def forward_backward(self, step):
+        loss = self.task.loss(self.model, self.task.batch(self.seed, step))
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = cfg["grad_clip"] if cfg["grad_clip"] else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-        optimizer.step()
-        ema_update(ema, model, T.ema_decay(step, cfg["ema_decay"]))
-        elapsed += time.perf_counter() - tic
-        window.append(loss.item())
-        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            row = dict(step=step, loss=float(np.mean(window)), lr=lr, grad_norm=grad_norm,
-                       seconds=round(elapsed, 3))
-            log.write(**row)
-            window = []
-        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
-            checkpoint(step)
-            last_good = step
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}",
-                            img_s=f"{cfg['batch_size'] / (time.perf_counter() - tic):.0f}")
-    if bar is not None:
-        bar.close()
-    model_dir = os.path.join(out, "model")
-    info = {"seed": seed, "steps": cfg["steps"], "seconds": round(elapsed, 1),
-            "framework": f"torch {torch.__version__}", "threads": torch.get_num_threads()}
-    task.export(model_dir, ema, cfg, info)
-    return {"steps": cfg["steps"], "seconds": elapsed, "loss": row["loss"] if row else None,
-            "checkpoint": ckpt_path, "model": model_dir}
+        max_norm = self.cfg["grad_clip"] or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        return loss.item(), float(grad_norm)
+
+    def optimizer_step(self, step, lr):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        ema_update(self.ema, self.model, T.ema_decay(step, self.cfg["ema_decay"]))
+
+    def arrays(self):
+        arrays = {f"model.{k}": v for k, v in numpy_state(self.model).items()}
+        arrays.update({f"ema.{k}": v for k, v in numpy_state(self.ema).items()})
+        opt_arrays, steps = optimizer_arrays(self.model, self.optimizer)
+        arrays.update(opt_arrays)
+        return arrays, steps
+
+    def load(self, arrays, optimizer_steps):
+        self.model.load_state_dict(torch_state(T.split_prefix(arrays, "model.")))
+        self.ema.load_state_dict(torch_state(T.split_prefix(arrays, "ema.")))
+        load_optimizer_arrays(self.model, self.optimizer, T.split_prefix(arrays, "optim."),
+                              optimizer_steps)
+
+    def export(self, folder, info):
+        self.task.export(folder, self.ema, self.cfg,
+                         {**info, "threads": torch.get_num_threads()})
 
 
-def _progress(cfg, start, enabled):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=cfg["steps"], initial=start, desc=cfg["name"], unit="step",
-                dynamic_ncols=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-def build_parser(prog="python -m uvit_torch.train"):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", choices=sorted(T.TRAIN_CONFIGS),
-                        help="named training config (uvit_numpy.training.TRAIN_CONFIGS)")
-    parser.add_argument("--out", help="run folder (default runs/CONFIG)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--steps", type=int, help="total steps (extend a finished run)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
-    parser.add_argument("--batch-size", type=int, help="default: the config's")
-    parser.add_argument("--checkpoint-every", type=int, help="default: the config's")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
+def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True):
+    """Run (or resume) `cfg` (from `training.train_config`) into the folder `out` with torch.
+    Returns the summary of `uvit_numpy.training.run`."""
+    return T.run(cfg, out, TorchBackend(), resume, seed, dtype, progress)
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = T.build_parser("python -m uvit_torch.train", __doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = T.train_config(args.config, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                         checkpoint_every=args.checkpoint_every)
-    out = args.out or os.path.join("runs", args.config)
-    try:
-        summary = train(cfg, out, resume=args.resume, seed=args.seed, dtype=args.dtype,
-                        progress=not args.no_progress)
-    except (FloatingPointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v)
-                      for k, v in summary.items()}))
-    return 0
+    return T.main(TorchBackend(), args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""Train a named config in pure NumPy: `python -m uvit_numpy.train uvit-digits`.
+
+    python -m uvit_numpy.train uvit-tiny --out runs/np-tiny
+    python -m uvit_numpy.train uvit-digits --out runs/np-digits --steps 300
+
+The same loop, run folder, log, checkpoints and `--resume` as `python -m uvit_torch.train`
+(`uvit_numpy.training.run`), with the hand-written backward passes and `uvit_numpy.optim`
+instead of autograd and `torch.optim`. The initial weights, the batches and the noise are the
+same as the torch trainer's for the same seed, so the two runs retrace each other up to float
+rounding; the checkpoints have the same layout, so either package can resume the other's.
+"""
+
+import sys
+
+import numpy as np
+
+from . import training as T
+from .data import load_digits
+from .losses import mse_loss, mse_loss_backward
+from .optim import EMA, AdamW, clip_grad_norm
+from .schedulers import add_noise, make_betas
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+class DiffusionTask:
+    """U-ViT noise prediction: x_t = add_noise(x0, eps, t); loss = mse(model(x_t, t, y), eps),
+    differentiated by `model.backward`."""
+
+    def __init__(self, cfg, dtype):
+        from .uvit import UViT
+        self.cfg, self.dtype, self.model_cls = cfg, dtype, UViT
+        d = cfg["diffusion"]
+        self.alphas_cumprod = np.cumprod(1.0 - make_betas(
+            d["beta_schedule"], d["num_train_timesteps"], d["beta_start"], d["beta_end"]))
+        self.images, self.labels = load_digits("train")
+
+    def build(self, seed):
+        return self.model_cls(**self.cfg["model"], dtype=self.dtype, rng=seed)
+
+    def loss_and_backward(self, model, seed, step):
+        b = T.diffusion_batch(self.images, self.labels, self.cfg, seed, step, self.dtype)
+        xt = add_noise(b["x0"], b["noise"], b["t"], self.alphas_cumprod)
+        loss, cache = mse_loss(model(xt, b["t"], b["y"]), b["noise"], return_cache=True)
+        model.backward(mse_loss_backward(1.0, cache))
+        return float(loss)
+
+    def export(self, folder, ema_model, cfg, info):
+        ema_model.save_pretrained(folder, training={"config": cfg, **info},
+                                  sampling=cfg.get("sampling"))
+
+
+TASKS = {"diffusion": DiffusionTask}
+
+
+class NumpyBackend:
+    """The model, its EMA and `uvit_numpy.optim.AdamW`; one step is the model's own backward,
+    then `clip_grad_norm`, AdamW at the scheduled learning rate, the EMA update."""
+
+    name = f"numpy {np.__version__}"
+
+    def setup(self, cfg, seed, dtype):
+        self.cfg, self.seed = cfg, seed
+        self.task = TASKS[cfg["task"]](cfg, DTYPES[dtype])
+        self.model = self.task.build(seed).train()
+        self.ema = EMA(self.model)
+        self.optimizer = AdamW(self.model, lr=cfg["lr"], betas=tuple(cfg["betas"]),
+                               eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+
+    def forward_backward(self, step):
+        self.model.zero_grad()
+        loss = self.task.loss_and_backward(self.model, self.seed, step)
+        grad_norm = clip_grad_norm(self.model, self.cfg["grad_clip"] or float("inf"))
+        return loss, grad_norm
+
+    def optimizer_step(self, step, lr):
+        self.optimizer.lr = lr
+        self.optimizer.step()
+        self.ema.update(T.ema_decay(step, self.cfg["ema_decay"]))
+
+    def arrays(self):
+        arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        arrays.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        steps = {}
+        for name, state in self.optimizer.state.items():
+            arrays[f"optim.exp_avg.{name}"] = state["exp_avg"]
+            arrays[f"optim.exp_avg_sq.{name}"] = state["exp_avg_sq"]
+            steps[name] = float(state["step"])
+        return arrays, steps
+
+    def load(self, arrays, optimizer_steps):
+        self.model.load_state_dict(T.split_prefix(arrays, "model."))
+        self.ema.load_state_dict(T.split_prefix(arrays, "ema."))
+        moments = T.split_prefix(arrays, "optim.")
+        self.optimizer.load_state_dict({"lr": self.cfg["lr"], "state": {
+            name: {"step": int(count), "exp_avg": moments[f"exp_avg.{name}"],
+                   "exp_avg_sq": moments[f"exp_avg_sq.{name}"]}
+            for name, count in optimizer_steps.items()}})
+
+    def export(self, folder, info):
+        ema_model = self.task.build(self.seed)
+        ema_model.load_state_dict(self.ema.state_dict())
+        self.task.export(folder, ema_model, self.cfg, info)
+
+
+def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True):
+    """Run (or resume) `cfg` into the folder `out` in NumPy; see `training.run`."""
+    return T.run(cfg, out, NumpyBackend(), resume, seed, dtype, progress)
+
+
+def main(argv=None):
+    parser = T.build_parser("python -m uvit_numpy.train", __doc__.split("\n\n")[0])
+    return T.main(NumpyBackend(), parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
