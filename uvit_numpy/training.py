@@ -45,6 +45,22 @@ TRAIN_CONFIGS = {
         betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
         checkpoint_every=500, log_every=25,
         sampling=dict(scheduler="dpmsolver++", steps=20, guidance_scale=2.0)),
+    # The shipped masked-token model: aMUSEd's UVit2DModel on 8x8 grids of k-means codes.
+    "amused-digits": dict(
+        task="maskgit",
+        model=dict(hidden_size=64, use_bias=False, hidden_dropout=0.0, cond_embed_dim=11,
+                   micro_cond_encode_dim=8, micro_cond_embed_dim=40, encoder_hidden_size=11,
+                   vocab_size=257, codebook_size=256, in_channels=32, block_out_channels=64,
+                   num_res_blocks=2, downsample=False, upsample=False, block_num_heads=2,
+                   num_hidden_layers=2, num_attention_heads=2, attention_dropout=0.0,
+                   intermediate_size=192, layer_norm_eps=1e-6, ln_elementwise_affine=True,
+                   sample_size=8),
+        tokenizer=dict(codebook_size=256, patch=4, pad=2, iterations=30, sample=64000),
+        num_classes=10, p_uncond=0.1, label_smoothing=0.1, micro_conds=[32.0, 32.0, 0.0, 0.0, 6.0],
+        batch_size=64, steps=8000, lr=1e-3, warmup_steps=100, weight_decay=0.01,
+        betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
+        checkpoint_every=500, log_every=25,
+        sampling=dict(steps=12, guidance_scale=3.0, temperature=(2.0, 0.0))),
     # A few-second version for tests and smoke runs (not a model that makes digits).
     "uvit-tiny": dict(
         task="diffusion",
