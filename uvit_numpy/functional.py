@@ -349,7 +349,8 @@ def scaled_dot_product_attention_backward(dout, cache):
     """Gradients of `scaled_dot_product_attention`. dout: (B, nh, L, hd). Returns (dq, dk, dv).
 
     With S = scale q k^T, P = softmax(S) and O = P v:
-        dv = P^T dO,  dP = dO v^T,  dS = P (dP - rowsum(dP P)),  dq = scale dS k,  dk = scale dS^T q.
+        dv = P^T dO,  dP = dO v^T,  dS = P (dP - rowsum(dP P)),
+        dq = scale dS k,  dk = scale dS^T q.
     The scale multiplies dS once, for both dq and dk. rowsum(dP P) equals rowsum(dO O)
     (FlashAttention's identity), the cheaper form used here.
     """

@@ -2,7 +2,7 @@
 
 The forward process noises clean data x0 in T = `num_train_timesteps` steps:
 
-    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,   eps ~ N(0, I),   abar_t = prod_{s<=t} (1 - beta_s)
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,  eps ~ N(0, I),  abar_t = prod_{s<=t} (1 - beta_s)
 
 and the network learns eps from (x_t, t) with a per-pixel mean-squared error (`epsilon_mse`).
 Three samplers run it backwards, each with diffusers' constructor arguments and defaults, its
@@ -72,8 +72,8 @@ def make_betas(beta_schedule="linear", num_train_timesteps=1000, beta_start=0.00
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) != num_train_timesteps:
-            raise ValueError(f"make_betas: expected trained_betas of shape ({num_train_timesteps},), "
-                             f"got {betas.shape}")
+            raise ValueError(f"make_betas: expected trained_betas of shape "
+                             f"({num_train_timesteps},), got {betas.shape}")
         return betas
     T = num_train_timesteps
     if beta_schedule == "linear":
@@ -82,7 +82,8 @@ def make_betas(beta_schedule="linear", num_train_timesteps=1000, beta_start=0.00
         return np.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=np.float64) ** 2
     if beta_schedule == "squaredcos_cap_v2":
         return betas_for_alpha_bar(T)
-    raise ValueError(f"make_betas: expected beta_schedule in {BETA_SCHEDULES}, got {beta_schedule!r}")
+    raise ValueError(f"make_betas: expected beta_schedule in {BETA_SCHEDULES}, "
+                     f"got {beta_schedule!r}")
 
 
 def spaced_timesteps(timestep_spacing, num_train_timesteps, num_inference_steps, steps_offset=0):
@@ -338,7 +339,8 @@ class DDIMScheduler(_DiscreteScheduler):
         x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)           (clipped if clip_sample)
         sigma = eta sqrt((1 - abar') / (1 - abar_t) (1 - abar_t / abar'))
         x_prev = sqrt(abar') x0 + sqrt(1 - abar' - sigma^2) eps + sigma z.
-    eta = 0 is deterministic; eta = 1 has DDPM's variance. Defaults as diffusers' (clip_sample=True).
+    eta = 0 is deterministic; eta = 1 has DDPM's variance. Defaults as diffusers'
+    (clip_sample=True).
     """
 
     def __init__(self, num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,

@@ -52,7 +52,8 @@ from .module import Module, ModuleList, as_rng
 __all__ = [
     "CONFIGS", "CONFIG_DEFAULTS", "resolve_config", "check_model_inputs",
     "erf_float32", "gelu", "geglu", "adaptive_modulation", "scale_shift", "depthwise_conv3x3",
-    "downsample_2x2", "upsample_2x2", "micro_conditioning", "mask_schedule", "gumbel_noise",
+    "downsample_2x2", "upsample_2x2", "micro_conditioning", "mask_schedule", "masked_count",
+    "decoding_temperatures", "gumbel_noise",
     "masked_decoding_step", "generate",
     "UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
     "SkipFFTransformerBlock", "BasicTransformerBlock", "Attention", "GELU", "FeedForward",
@@ -1351,8 +1352,8 @@ class UVit2DModel(Module):
         z_shape, grid, pooled_dim = self._recall(grad_out)
         d = self.mlm_layer.backward(grad_out.astype(self.dtype, copy=False))
         d, dcond, dctx = self.up_block.backward(d)
-        dz = self.project_from_hidden_norm.backward(
-            self.project_from_hidden.backward(d.reshape(z_shape)))      # (B, H1, W1, C) -> (B, L, C)
+        dz = self.project_from_hidden.backward(d.reshape(z_shape))     # (B, H1, W1, C) -> (B, L, C)
+        dz = self.project_from_hidden_norm.backward(dz)
         for layer in reversed(list(self.transformer_layers)):
             dz, dc, dp = layer.backward(dz)
             dctx, dcond = dctx + dc, dcond + dp
@@ -1378,6 +1379,40 @@ def mask_schedule(ratio, schedule="cosine"):
     raise ValueError(f"mask_schedule: schedule must be 'cosine' or 'linear', got {schedule!r}")
 
 
+def masked_count(num_tokens, step, num_steps, schedule="cosine", starting_mask_ratio=1.0):
+    """How many of `num_tokens` stay masked after 0-based step `step` of `num_steps`:
+    floor(L * starting_mask_ratio * mask_schedule((step + 1) / num_steps)).
+
+    Computed in float32, exactly as diffusers' `AmusedScheduler` computes it (on float32 tensors),
+    not in float64: the two disagree where the product lands on an integer. At step 8 of 12 the
+    cosine is cos(pi / 3) = 0.5; float32 gives 0.49999997, so floor(256 * 0.49999997) = 127 tokens
+    stay masked on a 16x16 grid (31 on 8x8), where float64 would give 128 (32).
+    """
+    r = np.float32(step + 1) / np.float32(num_steps)
+    if schedule == "cosine":
+        m = np.cos(r * np.float32(math.pi) / np.float32(2.0))
+    elif schedule == "linear":
+        m = np.float32(1.0) - r
+    else:
+        raise ValueError(f"masked_count: schedule must be 'cosine' or 'linear', got {schedule!r}")
+    return int(np.floor(np.float32(num_tokens) * (np.float32(starting_mask_ratio) * m)))
+
+
+def decoding_temperatures(temperature, num_steps):
+    """The per-step Gumbel temperatures (num_steps,) float32, as aMUSEd's scheduler sets them: a
+    pair (a, b) goes linearly from a to b, a single number t from t to 0.01; an array of
+    num_steps values is used as it is (pass `AmusedScheduler.temperatures` to replay diffusers
+    exactly: torch's float32 linspace can differ from this correctly rounded one by an ulp)."""
+    if isinstance(temperature, np.ndarray) or hasattr(temperature, "numpy"):
+        temps = np.asarray(temperature, dtype=np.float32).reshape(-1)
+        if len(temps) != num_steps:
+            raise ValueError(f"decoding_temperatures: expected {num_steps} temperatures, one per "
+                             f"step, got {len(temps)}")
+        return temps
+    a, b = (temperature if isinstance(temperature, (tuple, list)) else (temperature, 0.01))
+    return np.linspace(a, b, num_steps).astype(np.float32)
+
+
 def gumbel_noise(u):
     """Gumbel(0, 1) samples from uniforms u in [0, 1): -log(-log(u)), both logs clamped at 1e-20."""
     return -np.log(np.maximum(-np.log(np.maximum(u, 1e-20)), 1e-20))
@@ -1393,8 +1428,9 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
     Returns (next_tokens, predicted), both (B, H, W):
       1. sample a code for every position from softmax(logits); known tokens are kept;
       2. after the last step, return the prediction; otherwise keep the mask on the
-         n = floor(L * starting_mask_ratio * mask_schedule((step + 1) / num_steps)) least confident
-         predictions (at least 1, at most one less than are masked now), where the confidence is
+         n = `masked_count(L, step, num_steps, ...)` least confident predictions (at least 1, at
+         most one less than are masked now; the count in float32, as diffusers), where the
+         confidence is
          log p(sampled code) + temperature * Gumbel noise and known tokens are never re-masked.
     Randomness: two uniform arrays (B, L), one to sample codes (by inverse CDF) and one for the
     Gumbel noise, drawn from `rng` (Generator or seed) unless given as `noise=(u_sample, u_gumbel)`.
@@ -1425,9 +1461,8 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
     if step == num_steps - 1:
         out = predicted.reshape(B, H, W)                  # (B, L) -> (B, H, W)
         return out, out
-    # 2. how many stay masked
-    ratio = starting_mask_ratio * mask_schedule((step + 1) / num_steps, schedule)
-    mask_len = np.full(B, math.floor(L * ratio))
+    # 2. how many stay masked (in float32, as diffusers' AmusedScheduler)
+    mask_len = np.full(B, masked_count(L, step, num_steps, schedule, starting_mask_ratio))
     mask_len = np.minimum(unknown.sum(axis=-1) - 1, mask_len)
     mask_len = np.maximum(1, mask_len)                    # (B,)
     # 3. confidence of each prediction; known tokens get the largest value so they stay
@@ -1458,10 +1493,7 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
     B = encoder_hidden_states.shape[0]
     if mask_token_id is None:
         mask_token_id = model.config["vocab_size"] - 1
-    if isinstance(temperature, (tuple, list)):
-        temps = np.linspace(temperature[0], temperature[1], num_steps)
-    else:
-        temps = np.linspace(temperature, 0.01, num_steps)
+    temps = decoding_temperatures(temperature, num_steps)   # float32, as the scheduler's
     rng = as_rng(rng)
     guided = guidance_scale > 1.0
     if guided:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from uvit_numpy import schedulers as _np
-from uvit_numpy.schedulers import (BETA_SCHEDULES, PREDICTION_TYPES, SCHEDULERS,  # noqa: F401
+from uvit_numpy.schedulers import (BETA_SCHEDULES, PREDICTION_TYPES,  # noqa: F401
                                    TIMESTEP_SPACINGS, SchedulerOutput, betas_for_alpha_bar,
                                    make_betas, spaced_timesteps)
 

@@ -11,8 +11,6 @@ Norms and the micro-condition sinusoid compute in the model's dtype (diffusers k
 islands in a float64 model: RMSNorm's mean square and the micro-condition sinusoid).
 """
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,8 +18,8 @@ import torch.nn.functional as F
 from uvit_numpy.checks import (check_batch, check_dim, check_floating, check_integer,
                                check_rank, check_state_dict)
 from uvit_numpy.uvit2d import (CONFIG_DEFAULTS, CONFIGS, check_model_inputs,
-                               check_transformer_block_options, mask_schedule,
-                               resolve_config)
+                               check_transformer_block_options, decoding_temperatures,
+                               masked_count, resolve_config)
 
 from . import functional as UF
 from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
@@ -590,8 +588,8 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
     if step == num_steps - 1:
         out = predicted.reshape(B, H, W)
         return out, out
-    ratio = starting_mask_ratio * mask_schedule((step + 1) / num_steps, schedule)
-    mask_len = torch.full((B,), math.floor(L * ratio), dtype=torch.long)
+    count = masked_count(L, step, num_steps, schedule, starting_mask_ratio)  # float32, as diffusers
+    mask_len = torch.full((B,), count, dtype=torch.long)
     mask_len = torch.minimum(unknown.sum(dim=-1) - 1, mask_len).clamp(min=1)
     chosen = torch.gather(probs, -1, predicted[..., None])[..., 0]
     chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)
@@ -611,10 +609,7 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
     B = encoder_hidden_states.shape[0]
     if mask_token_id is None:
         mask_token_id = model.config["vocab_size"] - 1
-    if isinstance(temperature, (tuple, list)):
-        temps = torch.linspace(temperature[0], temperature[1], num_steps, dtype=torch.float64)
-    else:
-        temps = torch.linspace(temperature, 0.01, num_steps, dtype=torch.float64)
+    temps = decoding_temperatures(temperature, num_steps)   # float32, as the scheduler's
     guided = guidance_scale > 1.0
     if guided:
         if negative_encoder_hidden_states is None or negative_pooled_text_emb is None:

@@ -155,8 +155,8 @@ def format_grad_table(rows):
     for r in rows:
         label = r.worst_input.replace("d input ", "in ")
         lines.append(f"{r.name[:w]:<{w}} {r.dtype.replace('float', 'f'):<3} {r.batch:>1} "
-                     f"{label:<5} {r.input_rel:>7.1e} {r.worst_param[-24:]:<24} {r.param_rel:>7.1e} "
-                     f"{'PASS' if r.passed else 'FAIL':<4}")
+                     f"{label:<5} {r.input_rel:>7.1e} {r.worst_param[-24:]:<24} "
+                     f"{r.param_rel:>7.1e} {'PASS' if r.passed else 'FAIL':<4}")
     return "\n".join(lines)
 
 
