@@ -10,17 +10,19 @@ same as the torch trainer's for the same seed, so the two runs retrace each othe
 rounding; the checkpoints have the same layout, so either package can resume the other's.
 """
 
+import os
 import sys
 
 import numpy as np
 
 from . import training as T
 from .data import load_digits
-from .losses import mse_loss, mse_loss_backward
+from .losses import cross_entropy, cross_entropy_backward, mse_loss, mse_loss_backward
 from .optim import EMA, AdamW, clip_grad_norm
 from .schedulers import add_noise, make_betas
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+TOKENIZER_NAME = "tokenizer.safetensors"     # beside the model's weights in a model folder
 
 
 class DiffusionTask:
@@ -50,7 +52,40 @@ class DiffusionTask:
                                   sampling=cfg.get("sampling"))
 
 
-TASKS = {"diffusion": DiffusionTask}
+class MaskGITTask:
+    """UVit2DModel masked-token prediction on k-means codes: the cross-entropy (label smoothing)
+    over the masked positions only, differentiated by `model.backward`."""
+
+    def __init__(self, cfg, dtype):
+        from .uvit2d import UVit2DModel
+        self.cfg, self.dtype, self.model_cls = cfg, dtype, UVit2DModel
+        images, self.labels = load_digits("train")
+        self.tokenizer = None
+        self.images = images
+
+    def build(self, seed):
+        if self.tokenizer is None:                        # fitted once, from the run's seed
+            self.tokenizer = T.fit_tokenizer(self.cfg, self.images, seed)
+            self.codes = self.tokenizer.encode(self.images)
+        return self.model_cls(**self.cfg["model"], dtype=self.dtype, rng=seed)
+
+    def loss_and_backward(self, model, seed, step):
+        b = T.maskgit_batch(self.codes, self.labels, self.cfg, seed, step, self.dtype)
+        logits = model(b["input_ids"], b["encoder_hidden_states"], b["pooled_text_emb"],
+                       b["micro_conds"])
+        loss, cache = cross_entropy(logits, b["targets"],
+                                    label_smoothing=self.cfg["label_smoothing"],
+                                    return_cache=True)
+        model.backward(cross_entropy_backward(1.0, cache))
+        return float(loss)
+
+    def export(self, folder, ema_model, cfg, info):
+        ema_model.save_pretrained(folder, training={"config": cfg, **info},
+                                  sampling=cfg.get("sampling"))
+        self.tokenizer.save(os.path.join(folder, TOKENIZER_NAME))
+
+
+TASKS = {"diffusion": DiffusionTask, "maskgit": MaskGITTask}
 
 
 class NumpyBackend:

@@ -61,6 +61,22 @@ TRAIN_CONFIGS = {
         betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
         checkpoint_every=500, log_every=25,
         sampling=dict(steps=12, guidance_scale=3.0, temperature=(2.0, 0.0))),
+    # A few-second masked-token run for tests and smoke runs.
+    "amused-tiny": dict(
+        task="maskgit",
+        model=dict(hidden_size=16, use_bias=False, hidden_dropout=0.0, cond_embed_dim=11,
+                   micro_cond_encode_dim=4, micro_cond_embed_dim=20, encoder_hidden_size=11,
+                   vocab_size=33, codebook_size=32, in_channels=8, block_out_channels=16,
+                   num_res_blocks=1, downsample=False, upsample=False, block_num_heads=2,
+                   num_hidden_layers=1, num_attention_heads=2, attention_dropout=0.0,
+                   intermediate_size=32, layer_norm_eps=1e-6, ln_elementwise_affine=True,
+                   sample_size=8),
+        tokenizer=dict(codebook_size=32, patch=4, pad=2, iterations=5, sample=8000),
+        num_classes=10, p_uncond=0.1, label_smoothing=0.1, micro_conds=[32.0, 32.0, 0.0, 0.0, 6.0],
+        batch_size=16, steps=20, lr=2e-3, warmup_steps=5, weight_decay=0.01,
+        betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
+        checkpoint_every=10, log_every=5,
+        sampling=dict(steps=4, guidance_scale=3.0, temperature=(2.0, 0.0))),
     # A few-second version for tests and smoke runs (not a model that makes digits).
     "uvit-tiny": dict(
         task="diffusion",
@@ -157,6 +173,36 @@ def diffusion_batch(images, labels, cfg, seed, step, dtype=np.float32):
     x0 = images[idx][:, None].astype(dtype)                        # (B, H, W) -> (B, 1, H, W)
     noise = rng.standard_normal(x0.shape).astype(dtype)
     return {"x0": x0, "y": y, "t": t, "noise": noise}
+
+
+def maskgit_batch(codes, labels, cfg, seed, step, dtype=np.float32):
+    """Step `step`'s batch of the masked-token task, as NumPy arrays.
+
+    codes: (N, 8, 8) code ids of the training digits; labels: (N,) ints. Each label is replaced by
+    the null class `num_classes` with probability p_uncond (drop = u < p: the condition is dropped
+    when the draw says so, not kept, the slip of aMUSEd's script), then `mask_tokens` corrupts the
+    codes. Returns input_ids (B, 8, 8), encoder_hidden_states (B, 1, K + 1), pooled_text_emb
+    (B, K + 1), micro_conds (B, 5), targets (B, 8, 8) (-100 where not masked), y (B,).
+    """
+    B = cfg["batch_size"]
+    idx = batch_indices(seed, step, B, len(codes))
+    rng = step_rng(seed, step)
+    K = cfg["num_classes"]
+    drop = rng.random(B) < cfg["p_uncond"]                          # True: condition dropped
+    y = np.where(drop, K, labels[idx]).astype(np.int64)
+    input_ids, targets = mask_tokens(codes[idx], rng, cfg["model"]["vocab_size"] - 1)
+    ehs, pooled = class_condition(y, K, dtype)
+    micro = np.tile(np.asarray(cfg["micro_conds"], dtype=dtype), (B, 1))
+    return {"input_ids": input_ids, "encoder_hidden_states": ehs, "pooled_text_emb": pooled,
+            "micro_conds": micro, "targets": targets, "y": y}
+
+
+def fit_tokenizer(cfg, images, seed):
+    """The run's k-means tokenizer, fitted on the training digits with the config's settings."""
+    from .tokenizer import KMeansTokenizer
+    t = cfg["tokenizer"]
+    return KMeansTokenizer.fit(images, t["codebook_size"], t["patch"], t["pad"], t["iterations"],
+                               t["sample"], seed)
 
 
 def mask_tokens(tokens, rng, mask_token_id, ignore_index=-100):

@@ -1298,10 +1298,14 @@ class UVit2DModel(Module):
         model.load_state_dict(state_dict)
         return model.eval()
 
-    def save_pretrained(self, path):
-        """Write config.json + diffusion_pytorch_model.safetensors that diffusers can load."""
+    def save_pretrained(self, path, **extra):
+        """Write config.json + diffusion_pytorch_model.safetensors that diffusers can load;
+        `extra` entries (how the weights were trained, say) go under `_`-prefixed keys, which
+        diffusers and `from_pretrained` leave aside."""
+        from .uvit import folder_config
+
         from .weights import save_pretrained
-        save_pretrained(path, self.config, self.state_dict())
+        save_pretrained(path, folder_config(self.config, extra), self.state_dict())
 
     def forward(self, input_ids, encoder_hidden_states, pooled_text_emb, micro_conds,
                 cross_attention_kwargs=None):

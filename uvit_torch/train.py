@@ -18,6 +18,7 @@ EMA of the weights), with `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm
 """
 
 import copy
+import os
 import sys
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 from uvit_numpy import training as T
 from uvit_numpy.data import load_digits
 
-from .losses import mse_loss
+from .losses import cross_entropy, mse_loss
 from .schedulers import add_noise
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -72,7 +73,48 @@ class DiffusionTask:
                             sampling=cfg.get("sampling"))
 
 
-TASKS = {"diffusion": DiffusionTask}
+class MaskGITTask:
+    """UVit2DModel masked-token prediction on the k-means codes of the digits: cross-entropy with
+    label smoothing over the masked positions only (targets -100 elsewhere)."""
+
+    def __init__(self, cfg, dtype):
+        self.cfg, self.dtype = cfg, dtype
+        self.images, self.labels = load_digits("train")
+        self.tokenizer = None
+
+    def build(self, seed):
+        """The torch model, holding the NumPy reference's initial weights for `seed`; the
+        tokenizer is fitted here, once, by the same NumPy code as the NumPy trainer's."""
+        from uvit_numpy import UVit2DModel as NumpyUVit2DModel
+
+        from .uvit2d import UVit2DModel
+        if self.tokenizer is None:
+            self.tokenizer = T.fit_tokenizer(self.cfg, self.images, seed)
+            self.codes = self.tokenizer.encode(self.images)
+        reference = NumpyUVit2DModel(**self.cfg["model"], dtype=self.dtype, rng=seed)
+        model = UVit2DModel(**self.cfg["model"], dtype=TORCH_DTYPE[np.dtype(self.dtype)])
+        model.load_state_dict({k: torch.from_numpy(v.copy())
+                               for k, v in reference.state_dict().items()})
+        return model
+
+    def batch(self, seed, step):
+        b = T.maskgit_batch(self.codes, self.labels, self.cfg, seed, step, self.dtype)
+        return {k: torch.from_numpy(v) for k, v in b.items()}
+
+    def loss(self, model, batch):
+        logits = model(batch["input_ids"], batch["encoder_hidden_states"],
+                       batch["pooled_text_emb"], batch["micro_conds"])
+        return cross_entropy(logits, batch["targets"],
+                             label_smoothing=self.cfg["label_smoothing"])
+
+    def export(self, folder, ema, cfg, info):
+        from uvit_numpy.train import TOKENIZER_NAME
+        ema.save_pretrained(folder, training={"config": cfg, **info},
+                            sampling=cfg.get("sampling"))
+        self.tokenizer.save(os.path.join(folder, TOKENIZER_NAME))
+
+
+TASKS = {"diffusion": DiffusionTask, "maskgit": MaskGITTask}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -520,10 +520,14 @@ class UVit2DModel(nn.Module):
         model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, assign=True)
         return model.eval()
 
-    def save_pretrained(self, path):
-        """Write config.json + diffusion_pytorch_model.safetensors that diffusers can load."""
+    def save_pretrained(self, path, **extra):
+        """Write config.json + diffusion_pytorch_model.safetensors that diffusers can load;
+        `extra` entries (how the weights were trained, say) go under `_`-prefixed keys, which
+        diffusers and `from_pretrained` leave aside."""
+        from uvit_numpy.uvit import folder_config
+
         from .weights import save_pretrained
-        save_pretrained(path, self.config, self.state_dict())
+        save_pretrained(path, folder_config(self.config, extra), self.state_dict())
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """torch's `load_state_dict`, after a check that reports every missing, unexpected and

@@ -1,0 +1,206 @@
+"""A vector-quantising tokenizer for the digits: k-means over 4x4 patches, written out in NumPy.
+
+aMUSEd's transformer works on a grid of codebook ids that a VQ-GAN makes from an image. For 28x28
+digits a k-means codebook does the same job in a few lines and without a second network to train:
+
+    digit (28, 28) --zero-pad to 32x32--> 64 patches of 4x4 --nearest centroid--> codes (8, 8)
+    codes (8, 8) --look up the centroids--> 64 patches --put back, cut the padding--> (28, 28)
+
+Each of the K = 256 centroids is a 4x4 patch (a "visual word"); decoding is the exact inverse of
+the patching, so the only loss is the quantisation. The codes are very unbalanced: the blank patch
+of the background is most of every digit, so a masked-token model that always predicts "blank"
+is right about 70 % of the time for free (`code_statistics` says how much).
+
+    tok = KMeansTokenizer.fit(train_images, codebook_size=256, seed=0)   # ~10 s
+    codes = tok.encode(images)          # (N, 28, 28) in [-1, 1] -> (N, 8, 8) int64
+    images = tok.decode(codes)          # (N, 8, 8) -> (N, 28, 28) in [-1, 1]
+    tok.save("tokenizer.safetensors"); KMeansTokenizer.load(...)
+"""
+
+import os
+
+import numpy as np
+
+from .checks import check_floating, check_integer, check_range, check_rank
+
+
+# --------------------------------------------------------------------------------------------------
+# Patches
+# --------------------------------------------------------------------------------------------------
+def to_patches(images, patch=4, pad=2):
+    """(N, H, W) images -> (N, h, w, P*P) patches, after zero-padding `pad` pixels on every side
+    (the value 0 of the padding is the background after the [0, 1] -> [-1, 1] scaling, -1, so the
+    images are padded with -1). Patches in row-major order, pixels row-major within a patch."""
+    check_floating("to_patches: images", images)
+    check_rank("to_patches: images", images, 3, "(N, H, W)")
+    x = np.pad(images, ((0, 0), (pad, pad), (pad, pad)), constant_values=-1.0)  # (N, H+2p, W+2p)
+    N, H, W = x.shape
+    if H % patch or W % patch:
+        raise ValueError(f"to_patches: the padded size {H}x{W} is not a multiple of the patch "
+                         f"size {patch}")
+    h, w = H // patch, W // patch
+    x = x.reshape(N, h, patch, w, patch)                  # (N, h, p1, w, p2)
+    return x.transpose(0, 1, 3, 2, 4).reshape(N, h, w, patch * patch)  # (N, h, w, P*P)
+
+
+def from_patches(patches, patch=4, pad=2):
+    """The inverse of `to_patches`: (N, h, w, P*P) -> (N, h P - 2 pad, w P - 2 pad)."""
+    N, h, w, _ = patches.shape
+    x = patches.reshape(N, h, w, patch, patch)            # (N, h, w, p1, p2)
+    x = x.transpose(0, 1, 3, 2, 4).reshape(N, h * patch, w * patch)  # (N, H+2p, W+2p)
+    return x[:, pad:h * patch - pad, pad:w * patch - pad]
+
+
+# --------------------------------------------------------------------------------------------------
+# k-means
+# --------------------------------------------------------------------------------------------------
+def squared_distances(x, centroids):
+    """||x_i - c_k||^2 for every pair: (M, D), (K, D) -> (M, K), as ||x||^2 - 2 x.c + ||c||^2
+    (one matrix product instead of an (M, K, D) array of differences)."""
+    d = np.sum(x * x, axis=1)[:, None] - 2.0 * (x @ centroids.T) + np.sum(centroids ** 2, axis=1)
+    return np.maximum(d, 0.0)                             # rounding can go a hair below zero
+
+
+def nearest(x, centroids, chunk=65536):
+    """The index of the nearest centroid of every row of x (M, D) -> (M,) int64, in chunks so the
+    (chunk, K) distance matrix stays small."""
+    out = np.empty(len(x), dtype=np.int64)
+    for start in range(0, len(x), chunk):
+        out[start:start + chunk] = np.argmin(squared_distances(x[start:start + chunk], centroids),
+                                             axis=1)
+    return out
+
+
+def kmeans_plus_plus(x, k, rng):
+    """k-means++ seeding: the first centroid uniformly, each next one with probability
+    proportional to its squared distance to the nearest centroid chosen so far. (k, D)."""
+    centroids = [x[rng.integers(len(x))]]
+    closest = squared_distances(x, centroids[0][None])[:, 0]  # (M,)
+    for _ in range(1, k):
+        total = closest.sum()
+        if total == 0:                                    # fewer distinct points than k
+            i = rng.integers(len(x))
+        else:
+            i = rng.choice(len(x), p=closest / total)
+        centroids.append(x[i])
+        closest = np.minimum(closest, squared_distances(x, x[i][None])[:, 0])
+    return np.stack(centroids)
+
+
+def kmeans_step(x, centroids, rng=None):
+    """One Lloyd iteration: assign every point to its nearest centroid, move every centroid to
+    the mean of its points. A centroid that got no point is moved to the point that is worst
+    fitted now (the largest distance to its centroid), so no code goes unused. Returns
+    (new centroids (K, D), assignments (M,), mean squared error)."""
+    K = len(centroids)
+    assign = nearest(x, centroids)
+    counts = np.bincount(assign, minlength=K)             # (K,)
+    sums = np.zeros_like(centroids)
+    np.add.at(sums, assign, x)                            # repeated assignments accumulate
+    new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
+    err = np.sum((x - centroids[assign]) ** 2, axis=1)    # (M,) with the old centroids
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        worst = np.argsort(err)[::-1][:len(empty)]        # the worst-fitted points
+        new[empty] = x[worst]
+    return new, assign, float(err.mean())
+
+
+def kmeans(x, k, iterations=30, seed=0):
+    """k-means (k-means++ seeding, then `iterations` Lloyd steps) of the rows of x (M, D).
+    Returns (centroids (k, D), the mean squared error after each step)."""
+    rng = np.random.default_rng(seed)
+    centroids = kmeans_plus_plus(x, k, rng)
+    history = []
+    for _ in range(iterations):
+        centroids, _, err = kmeans_step(x, centroids, rng)
+        history.append(err)
+    return centroids, history
+
+
+# --------------------------------------------------------------------------------------------------
+# The tokenizer
+# --------------------------------------------------------------------------------------------------
+class KMeansTokenizer:
+    """Digits (N, 28, 28) in [-1, 1] <-> codes (N, 8, 8) in [0, K), through a codebook of 4x4
+    patches. `codebook`: (K, P*P) float32; `patch`, `pad`: the patching (28 + 2 * 2 = 32 = 8 * 4).
+    """
+
+    def __init__(self, codebook, patch=4, pad=2, image_size=28):
+        codebook = np.asarray(codebook, dtype=np.float32)
+        if codebook.ndim != 2 or codebook.shape[1] != patch * patch:
+            raise ValueError(f"KMeansTokenizer: expected a codebook (K, {patch * patch}), got "
+                             f"{codebook.shape}")
+        if (image_size + 2 * pad) % patch:
+            raise ValueError(f"KMeansTokenizer: image_size {image_size} + 2 * pad {pad} is not a "
+                             f"multiple of patch {patch}")
+        self.codebook, self.patch, self.pad, self.image_size = codebook, patch, pad, image_size
+        self.grid = (image_size + 2 * pad) // patch
+
+    @property
+    def codebook_size(self):
+        return len(self.codebook)
+
+    @classmethod
+    def fit(cls, images, codebook_size=256, patch=4, pad=2, iterations=30, sample=64000, seed=0):
+        """k-means on the patches of `images` (N, 28, 28) in [-1, 1]: `sample` patches drawn at
+        random (all, if there are fewer), `iterations` Lloyd steps, seeded."""
+        patches = to_patches(images.astype(np.float32), patch, pad).reshape(-1, patch * patch)
+        rng = np.random.default_rng(seed)
+        if sample and len(patches) > sample:
+            patches = patches[rng.choice(len(patches), size=sample, replace=False)]
+        codebook, _ = kmeans(patches.astype(np.float64), codebook_size, iterations, seed)
+        return cls(codebook, patch, pad, images.shape[-1])
+
+    def encode(self, images):
+        """(N, 28, 28) floats in [-1, 1] -> (N, 8, 8) int64 code ids."""
+        check_floating("KMeansTokenizer.encode: images", images)
+        check_rank("KMeansTokenizer.encode: images", images, 3, "(N, H, W)")
+        if images.shape[1:] != (self.image_size, self.image_size):
+            raise ValueError(f"KMeansTokenizer.encode: expected images of {self.image_size}x"
+                             f"{self.image_size}, got {images.shape[1]}x{images.shape[2]}")
+        p = to_patches(images.astype(np.float32), self.patch, self.pad)  # (N, h, w, P*P)
+        N, h, w, D = p.shape
+        return nearest(p.reshape(-1, D), self.codebook).reshape(N, h, w)
+
+    def decode(self, codes):
+        """(N, 8, 8) code ids -> (N, 28, 28) float32 images in [-1, 1]."""
+        check_integer("KMeansTokenizer.decode: codes", codes)
+        check_rank("KMeansTokenizer.decode: codes", codes, 3, "(N, h, w)")
+        check_range("KMeansTokenizer.decode: codes", codes, 0, self.codebook_size)
+        return from_patches(self.codebook[codes], self.patch, self.pad)
+
+    def save(self, path):
+        """The codebook and its patching in one safetensors file."""
+        from safetensors.numpy import save_file
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_file({"codebook": np.ascontiguousarray(self.codebook)}, path,
+                  metadata={"patch": str(self.patch), "pad": str(self.pad),
+                            "image_size": str(self.image_size)})
+
+    @classmethod
+    def load(cls, path):
+        from safetensors import safe_open
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            codebook = f.get_tensor("codebook")
+        try:
+            return cls(codebook, int(meta["patch"]), int(meta["pad"]), int(meta["image_size"]))
+        except KeyError as err:
+            raise ValueError(f"{path!r} is not a tokenizer file: its header has no {err}") from None
+
+
+def psnr(images, reconstructions):
+    """Peak signal-to-noise ratio in dB of images in [-1, 1], measured on the [0, 1] scale:
+    10 log10(1 / MSE) over all pixels."""
+    mse = np.mean(((images - reconstructions) / 2.0) ** 2)
+    return float(10.0 * np.log10(1.0 / mse))
+
+
+def code_statistics(codes, codebook_size):
+    """How unbalanced the codes are: {"top_share": the most frequent code's share of all codes,
+    "top_code", "used": how many codes occur, "perplexity": exp(entropy) of the code frequencies}."""
+    freq = np.bincount(codes.reshape(-1), minlength=codebook_size) / codes.size
+    nz = freq[freq > 0]
+    return {"top_code": int(np.argmax(freq)), "top_share": float(freq.max()),
+            "used": int((freq > 0).sum()), "perplexity": float(np.exp(-np.sum(nz * np.log(nz))))}
