@@ -443,6 +443,10 @@ class DPMSolverMultistepScheduler(_DiscreteScheduler):
             ts = ts + self.config.steps_offset
         else:                                                        # "trailing"
             ts = np.arange(T, 0, -T / n).round().astype(np.int64) - 1
+        if ts.min() < 0 or ts.max() >= T:
+            raise ValueError(f"DPMSolverMultistepScheduler.set_timesteps: steps_offset "
+                             f"{self.config.steps_offset} moves the timesteps to [{ts.min()}, "
+                             f"{ts.max()}], outside [0, {T})")
         abar = self.alphas_cumprod
         sigma_ve = np.sqrt((1.0 - abar) / abar)                      # diffusers' "sigma", (T,)
         last = sigma_ve[0] if self.config.final_sigmas_type == "sigma_min" else 0.0

@@ -1,0 +1,146 @@
+"""Parity cases for the samplers: whole sampling loops, NumPy vs torch and torch vs diffusers.
+
+Each case runs a scheduler's full loop from the same starting noise, with the same "network" and
+the same per-step noise on both sides. The network is the exact noise predictor of Gaussian data
+N(0.3, 0.5^2 I), eps(x, t) = sqrt(1 - a) (x - sqrt(a) 0.3) / (0.25 a + 1 - a) with a = abar_t
+(float64, from our schedule, on both sides), so trajectories stay unit-sized and every difference
+comes from the schedulers themselves. Stochastic steps (DDPM, DDIM with eta > 0) get their noise
+from a seeded NumPy generator: ours through `variance_noise`, diffusers' DDPM (which has no such
+argument) through its `randn_tensor`, patched for the loop.
+
+The cases cover the three beta schedules, the three timestep spacings, `steps_offset`, DDPM's two
+variances, DDIM with eta 0, 1/2 and 1, and DPM-Solver++ orders 1 and 2, midpoint and heun, with and
+without `lower_order_final`. Against diffusers the error floor is diffusers' own float32 schedule
+tables (and DPM-Solver's float32 step): ~1e-7 to 1e-6 relative here, well under 1e-5, except on
+the cosine schedule from t = 999 (abar = 2.4e-9: DPM-Solver's x0 estimate divides by
+sqrt(abar) = 5e-5, which blows diffusers' float32 rounding up to ~1e-4), which the tests check
+at that measured bound instead (tests/test_schedulers.py).
+"""
+
+import zlib
+from unittest import mock
+
+import numpy as np
+import torch
+
+from uvit_numpy import schedulers as NS
+
+from .. import schedulers as TS
+from . import Case
+
+MU, SIGMA = 0.3, 0.5
+
+# (name, scheduler, constructor arguments, steps, eta)
+LOOPS = [
+    ("DDPM linear leading 50", "ddpm", dict(clip_sample=False), 50, None),
+    ("DDPM scaled_linear trailing 20, fixed_large, clip", "ddpm",
+     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+          variance_type="fixed_large", timestep_spacing="trailing"), 20, None),
+    ("DDPM cosine linspace 25", "ddpm",
+     dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="linspace", clip_sample=False),
+     25, None),
+    ("DDIM linear leading 50, eta 0", "ddim", dict(clip_sample=False), 50, 0.0),
+    ("DDIM linear trailing 30, eta 1", "ddim",
+     dict(clip_sample=False, timestep_spacing="trailing"), 30, 1.0),
+    ("DDIM scaled_linear offset 1, alpha_one False", "ddim",
+     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+          set_alpha_to_one=False), 50, 0.0),
+    ("DDIM cosine linspace 25, eta 0.5", "ddim",
+     dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="linspace", clip_sample=False),
+     25, 0.5),
+    ("DPM++ 2M linear linspace 20 (defaults)", "dpmsolver++", dict(), 20, None),
+    ("DPM++ order 1 linear 10", "dpmsolver++", dict(solver_order=1), 10, None),
+    ("DPM++ 2M leading offset 1, no lower_order_final, sigma_min", "dpmsolver++",
+     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+          timestep_spacing="leading", steps_offset=1, lower_order_final=False,
+          final_sigmas_type="sigma_min"), 10, None),
+    ("DPM++ 2M heun trailing 12, no lower_order_final", "dpmsolver++",
+     dict(solver_type="heun", timestep_spacing="trailing", lower_order_final=False), 12, None),
+    ("DPM++ 2M cosine leading 15", "dpmsolver++",
+     dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="leading"), 15, None),
+    ("DPM++ 2M cosine linspace 15 (from t=999)", "dpmsolver++",
+     dict(beta_schedule="squaredcos_cap_v2"), 15, None),
+]
+DIFFUSERS_FLOOR_EXCEPTIONS = {"DPM++ 2M cosine linspace 15 (from t=999)": 2e-4}
+
+
+def _rng(name, batch):
+    return np.random.default_rng(zlib.crc32(f"schedulers/{name}/{batch}".encode()))
+
+
+def gaussian_eps(x, t, alphas_cumprod):
+    """The exact noise prediction for data N(MU, SIGMA^2 I) at timestep t (works on arrays and
+    tensors: a Python float times either)."""
+    a = float(alphas_cumprod[int(t)])
+    return (1.0 - a) ** 0.5 * (x - a ** 0.5 * MU) / (a * SIGMA ** 2 + 1.0 - a)
+
+
+def run_loop(scheduler, x, steps, eta, noises, lib):
+    """A full sampling loop. lib: "numpy" (x an array), "torch" (ours, x a tensor) or
+    "diffusers" (x a tensor). noises: one array per step, used where a step adds noise."""
+    abar = NS.make_betas(**{k: scheduler.config[k] for k in
+                            ("beta_schedule", "num_train_timesteps", "beta_start", "beta_end")})
+    abar = np.cumprod(1.0 - abar)
+    scheduler.set_timesteps(steps)
+    for i, t in enumerate(scheduler.timesteps):
+        eps = gaussian_eps(x, t, abar)
+        kw = {}
+        z = noises[i] if lib == "numpy" else torch.from_numpy(noises[i]).to(x.dtype)
+        name = type(scheduler).__name__
+        if name == "DDIMScheduler":
+            kw["eta"] = eta
+            if eta > 0:
+                kw["variance_noise"] = z
+        if name == "DDPMScheduler" and lib != "diffusers":
+            kw["variance_noise"] = z
+        if name == "DDPMScheduler" and lib == "diffusers":
+            import diffusers.schedulers.scheduling_ddpm as ddpm
+            with mock.patch.object(ddpm, "randn_tensor", lambda *a, _z=z, **k: _z):
+                x = scheduler.step(eps, t, x).prev_sample
+            continue
+        x = scheduler.step(eps, t, x, **kw).prev_sample
+    return x
+
+
+def _inputs(name, batch, dtype, steps):
+    rng = _rng(name, batch)
+    x = rng.standard_normal((batch, 1, 8, 8)).astype(dtype)
+    return x, [rng.standard_normal(x.shape).astype(dtype) for _ in range(steps)]
+
+
+def _numpy_vs_torch(name, kind, kw, steps, eta):
+    def build(dtype, batch):
+        x, noises = _inputs(name, batch, dtype, steps)
+        return (lambda x0: run_loop(NS.SCHEDULERS[kind](**kw), x0, steps, eta, noises, "numpy"),
+                lambda x0: run_loop(TS.SCHEDULERS[kind](**kw), x0, steps, eta, noises, "torch"),
+                (x,))
+    return Case(f"{name}", build, batches=(4,))
+
+
+def _torch_vs_diffusers(name, kind, kw, steps, eta, dtypes):
+    import diffusers
+    cls = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler,
+           "dpmsolver++": diffusers.DPMSolverMultistepScheduler}[kind]
+
+    def build(dtype, batch):
+        x, noises = _inputs(name, batch, dtype, steps)
+
+        def ours(x0):
+            return run_loop(TS.SCHEDULERS[kind](**kw), torch.from_numpy(x0), steps, eta, noises,
+                            "torch")
+
+        def theirs(x0):
+            return run_loop(cls(**kw), x0, steps, eta, noises, "diffusers")   # x0: a tensor
+        return ours, theirs, (x,)
+    return Case(f"{name} vs diffusers", build, batches=(4,), dtypes=dtypes)
+
+
+def cases():
+    """NumPy samplers vs the torch twins: every loop, float64 and float32."""
+    return [_numpy_vs_torch(*loop) for loop in LOOPS]
+
+
+def diffusers_cases(dtypes=("float32",)):
+    """The torch samplers vs stock diffusers (float32), each loop within the 1e-5 floor."""
+    return [_torch_vs_diffusers(*loop, dtypes=dtypes) for loop in LOOPS
+            if loop[0] not in DIFFUSERS_FLOOR_EXCEPTIONS]
