@@ -323,7 +323,8 @@ def check_finite(loss, grad_norm, step, checkpoint_path, last_step):
 # --------------------------------------------------------------------------------------------------
 # The loop both trainers run
 # --------------------------------------------------------------------------------------------------
-def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True):
+def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
+        export_only=False):
     """Train `cfg` into the folder `out` with `backend` (the torch or the NumPy one), or resume it.
 
     The backend holds the model, its EMA and the optimizer, and knows four things:
@@ -331,7 +332,9 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True)
     gradients clipped), `optimizer_step(step, lr)` (AdamW, then the EMA), `arrays()` ->
     (checkpoint arrays, optimizer step counts), `load(arrays, optimizer_steps)` and
     `export(folder, info)`. This loop does the rest: the learning-rate schedule, the log, the
-    checkpoints, resuming and stopping. Returns a summary dict.
+    checkpoints, resuming and stopping. With `export_only` it writes `model/` from the
+    checkpoint's EMA weights without training (to sample from a run that is still going).
+    Returns a summary dict.
     """
     if cfg["checkpoint_every"] % cfg["log_every"]:
         raise ValueError(f"checkpoint_every ({cfg['checkpoint_every']}) must be a multiple of "
@@ -339,7 +342,7 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True)
     ckpt_path = os.path.join(out, "checkpoint.safetensors")
     backend.setup(cfg, seed, dtype)
     start, elapsed = 0, 0.0
-    if resume:
+    if resume or export_only:
         arrays, meta = load_checkpoint(ckpt_path)
         check_resume(meta, cfg, ckpt_path)
         if meta["seed"] != seed or meta["dtype"] != dtype:
@@ -347,6 +350,12 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True)
                              f"dtype {meta['dtype']}, not seed {seed} and dtype {dtype}")
         backend.load(arrays, meta["optimizer_steps"])
         start, elapsed = meta["step"], meta["seconds"]
+        if export_only:
+            model_dir = os.path.join(out, "model")
+            backend.export(model_dir, {"seed": seed, "steps": start, "seconds": round(elapsed, 1),
+                                       "framework": backend.name, "dtype": dtype})
+            return {"steps": start, "seconds": elapsed, "loss": None, "checkpoint": ckpt_path,
+                    "model": model_dir}
         if start >= cfg["steps"]:
             raise ValueError(f"--resume: the checkpoint is at step {start}, which is not before "
                              f"the last step {cfg['steps']}; pass a larger --steps to go on")
@@ -411,6 +420,8 @@ def build_parser(prog, description):
     parser.add_argument("--batch-size", type=int, help="default: the config's")
     parser.add_argument("--checkpoint-every", type=int, help="default: the config's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--export", action="store_true",
+                        help="only write model/ from the checkpoint's EMA weights (no training)")
     return parser
 
 
@@ -421,7 +432,7 @@ def main(backend, args):
     out = args.out or os.path.join("runs", args.config)
     try:
         summary = run(cfg, out, backend, resume=args.resume, seed=args.seed, dtype=args.dtype,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, export_only=args.export)
     except (FloatingPointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

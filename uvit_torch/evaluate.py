@@ -130,10 +130,14 @@ def load_classifier(folder=None):
 # --------------------------------------------------------------------------------------------------
 def frechet_distance(a, b):
     """The Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D)."""
+    import warnings
+
     from scipy import linalg
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
+    with warnings.catch_warnings():            # a ReLU feature that is always 0 makes S1 S2
+        warnings.simplefilter("ignore")        # singular; its square root is still well defined
+        covmean = linalg.sqrtm(s1 @ s2)
     covmean = covmean.real if np.iscomplexobj(covmean) else covmean  # rounding's tiny imaginary
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2.0 * covmean))
 
