@@ -47,6 +47,21 @@ def test_chapter_is_committed_without_outputs(path):
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; strip them before committing"
 
 
+ALL_NOTEBOOKS = notebooks_under("book") + notebooks_under("book/exercises")
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=[p.stem for p in ALL_NOTEBOOKS])
+def test_notebook_text_holds_no_control_characters(path):
+    """A control character in a cell is nearly always an unescaped backslash in the script that
+    wrote it ("\approx" in a plain Python string is BEL + "pprox"); readers see garbage."""
+    nb = nbformat.read(path, as_version=4)
+    for i, c in enumerate(nb.cells):
+        bad = re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", c.source)
+        assert not bad, (f"{path.name}, cell {i + 1}: control character {bad.group()!r} at "
+                         f"...{c.source[max(0, bad.start() - 20):bad.start()]!r} (an unescaped "
+                         f"backslash?)")
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
 def test_chapter_teaches_in_the_book_form(path):
     prose, code = cells(path, "markdown"), cells(path, "code")

@@ -106,7 +106,8 @@ def make_scheduler(name, diffusion_config, schedulers_module):
     cls = schedulers_module.SCHEDULERS[name]
     kw = dict(num_train_timesteps=diffusion_config["num_train_timesteps"],
               beta_schedule=diffusion_config["beta_schedule"],
-              beta_start=diffusion_config["beta_start"], beta_end=diffusion_config["beta_end"])
+              beta_start=diffusion_config["beta_start"], beta_end=diffusion_config["beta_end"],
+              prediction_type=diffusion_config.get("prediction_type", "epsilon"))
     if name in ("ddpm", "ddim"):
         kw["clip_sample"] = True
     return cls(**kw)

@@ -125,6 +125,25 @@ def add_noise(original_samples, noise, timesteps, alphas_cumprod):
     return np.sqrt(abar) * original_samples + np.sqrt(1.0 - abar) * noise
 
 
+def velocity(original_samples, noise, timesteps, alphas_cumprod):
+    """The v-prediction target v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022),
+    diffusers' `get_velocity`: at low noise v ~ eps, at high noise v ~ -x0."""
+    abar = alphas_cumprod[np.asarray(timesteps)].astype(original_samples.dtype)
+    abar = abar.reshape((-1,) + (1,) * (original_samples.ndim - 1))
+    return np.sqrt(abar) * noise - np.sqrt(1.0 - abar) * original_samples
+
+
+def training_target(original_samples, noise, timesteps, alphas_cumprod,
+                    prediction_type="epsilon"):
+    """What the network learns to output: the noise (epsilon), or v (`velocity`)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return velocity(original_samples, noise, timesteps, alphas_cumprod)
+    raise ValueError(f"training_target: expected prediction_type 'epsilon' or 'v_prediction', "
+                     f"got {prediction_type!r}")
+
+
 def epsilon_mse(model_output, noise):
     """The epsilon-prediction loss: mean over every element of (model_output - noise)^2.
 

@@ -19,15 +19,15 @@ from . import training as T
 from .data import load_digits
 from .losses import cross_entropy, cross_entropy_backward, mse_loss, mse_loss_backward
 from .optim import EMA, AdamW, clip_grad_norm
-from .schedulers import add_noise, make_betas
+from .schedulers import add_noise, make_betas, training_target
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 TOKENIZER_NAME = "tokenizer.safetensors"     # beside the model's weights in a model folder
 
 
 class DiffusionTask:
-    """U-ViT noise prediction: x_t = add_noise(x0, eps, t); loss = mse(model(x_t, t, y), eps),
-    differentiated by `model.backward`."""
+    """U-ViT diffusion: x_t = add_noise(x0, eps, t); loss = mse(model(x_t, t, y), target), the
+    target eps or v (the config's prediction_type), differentiated by `model.backward`."""
 
     def __init__(self, cfg, dtype):
         from .uvit import UViT
@@ -43,7 +43,9 @@ class DiffusionTask:
     def loss_and_backward(self, model, seed, step):
         b = T.diffusion_batch(self.images, self.labels, self.cfg, seed, step, self.dtype)
         xt = add_noise(b["x0"], b["noise"], b["t"], self.alphas_cumprod)
-        loss, cache = mse_loss(model(xt, b["t"], b["y"]), b["noise"], return_cache=True)
+        target = training_target(b["x0"], b["noise"], b["t"], self.alphas_cumprod,
+                                 self.cfg["diffusion"].get("prediction_type", "epsilon"))
+        loss, cache = mse_loss(model(xt, b["t"], b["y"]), target, return_cache=True)
         model.backward(mse_loss_backward(1.0, cache))
         return float(loss)
 

@@ -39,6 +39,25 @@ def add_noise(original_samples, noise, timesteps, alphas_cumprod):
     return abar.sqrt() * original_samples + (1.0 - abar).sqrt() * noise
 
 
+def velocity(original_samples, noise, timesteps, alphas_cumprod):
+    """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 for tensors (see `uvit_numpy.schedulers`)."""
+    table = torch.as_tensor(np.asarray(alphas_cumprod), device=original_samples.device)
+    abar = table[torch.as_tensor(timesteps).long()].to(original_samples.dtype)
+    abar = abar.reshape((-1,) + (1,) * (original_samples.ndim - 1))
+    return abar.sqrt() * noise - (1.0 - abar).sqrt() * original_samples
+
+
+def training_target(original_samples, noise, timesteps, alphas_cumprod,
+                    prediction_type="epsilon"):
+    """What the network learns to output: the noise (epsilon), or v (`velocity`)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return velocity(original_samples, noise, timesteps, alphas_cumprod)
+    raise ValueError(f"training_target: expected prediction_type 'epsilon' or 'v_prediction', "
+                     f"got {prediction_type!r}")
+
+
 def epsilon_mse(model_output, noise):
     """The epsilon-prediction loss, `F.mse_loss(model_output, noise)` (mean over every element)."""
     return mse_loss(model_output, noise)

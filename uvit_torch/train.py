@@ -28,7 +28,7 @@ from uvit_numpy import training as T
 from uvit_numpy.data import load_digits
 
 from .losses import cross_entropy, mse_loss
-from .schedulers import add_noise
+from .schedulers import add_noise, training_target
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
@@ -38,7 +38,8 @@ TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.
 # The tasks: which model, which batch, which loss
 # --------------------------------------------------------------------------------------------------
 class DiffusionTask:
-    """U-ViT noise prediction: x_t = add_noise(x0, eps, t), loss = mse(model(x_t, t, y), eps)."""
+    """U-ViT diffusion: x_t = add_noise(x0, eps, t), loss = mse(model(x_t, t, y), target) with
+    the target eps or v (the config's prediction_type)."""
 
     def __init__(self, cfg, dtype):
         from uvit_numpy.schedulers import make_betas
@@ -66,7 +67,9 @@ class DiffusionTask:
 
     def loss(self, model, batch):
         xt = add_noise(batch["x0"], batch["noise"], batch["t"], self.alphas_cumprod)
-        return mse_loss(model(xt, batch["t"], batch["y"]), batch["noise"])
+        target = training_target(batch["x0"], batch["noise"], batch["t"], self.alphas_cumprod,
+                                 self.cfg["diffusion"].get("prediction_type", "epsilon"))
+        return mse_loss(model(xt, batch["t"], batch["y"]), target)
 
     def export(self, folder, ema, cfg, info):
         ema.save_pretrained(folder, training={"config": cfg, **info},
