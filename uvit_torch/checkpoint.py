@@ -23,7 +23,15 @@ def load_pth(path):
     a TypeError for a non-dict, a ValueError for a dict with non-tensor entries (a training
     checkpoint wrapping the weights, say).
     """
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as err:
+        # torch's own message would suggest weights_only=False, i.e. running the file's code
+        raise ValueError(f"load_pth: {path} is not a U-ViT checkpoint (a state dict of tensors "
+                         f"saved with torch.save): torch could not read it safely "
+                         f"({type(err).__name__}). It is not loaded with weights_only=False, "
+                         f"which would run whatever code the file holds.") from None
     if not isinstance(sd, dict):
         raise TypeError(f"load_pth: expected a state dict (dict of tensors) in {path}, got a "
                          f"{type(sd).__name__}")

@@ -12,6 +12,17 @@ import torch.nn.functional as F
 from uvit_numpy.checks import check_floating, check_rank
 
 
+def check_tensor(name, x, optional=False):
+    """TypeError unless `x` is a torch.Tensor (a NumPy array goes to `uvit_numpy`'s twin, or
+    through `torch.from_numpy` first), before any work."""
+    if x is None and optional:
+        return
+    if not isinstance(x, torch.Tensor):
+        kind = f"{type(x).__module__}.{type(x).__name__}".replace("builtins.", "")
+        raise TypeError(f"{name}: expected a torch.Tensor, got a {kind} (convert it with "
+                        f"torch.from_numpy, or use uvit_numpy's model for NumPy arrays)")
+
+
 def global_response_norm(x, gamma, beta, eps=1e-6):
     """ConvNeXt-V2 GRN, channel-last. x: (B, H, W, C); gamma, beta: (1, 1, 1, C)."""
     check_floating("global_response_norm: x", x)

@@ -207,6 +207,9 @@ class UViT(nn.Module):
 
     def check_inputs(self, x, timesteps, y=None):
         name = type(self).__name__
+        UF.check_tensor(f"{name}: x", x)
+        UF.check_tensor(f"{name}: timesteps", timesteps)
+        UF.check_tensor(f"{name}: y", y, optional=True)
         check_image(f"{name}: x", x, self.in_chans, self.img_size, self.patch_size)
         check_timesteps(f"{name}: timesteps", timesteps, x.shape[0])
         check_labels(f"{name}: y", y, self.num_classes, x.shape[0])
@@ -271,6 +274,9 @@ class UViTText(UViT):
 
     def check_inputs(self, x, timesteps, context=None):
         name = type(self).__name__
+        UF.check_tensor(f"{name}: x", x)
+        UF.check_tensor(f"{name}: timesteps", timesteps)
+        UF.check_tensor(f"{name}: context", context, optional=True)
         check_image(f"{name}: x", x, self.in_chans, self.img_size, self.patch_size)
         check_timesteps(f"{name}: timesteps", timesteps, x.shape[0])
         check_context(f"{name}: context", context, x.shape[0], self.num_clip_token,

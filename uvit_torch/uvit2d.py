@@ -539,6 +539,10 @@ class UVit2DModel(nn.Module):
                 cross_attention_kwargs=None):
         """Logits (B, codebook_size, H', W'); see `uvit_numpy.uvit2d.UVit2DModel.forward`.
         `cross_attention_kwargs` is accepted (drop-in for diffusers' pipelines) and ignored."""
+        for name, value in (("input_ids", input_ids), ("encoder_hidden_states",
+                                                       encoder_hidden_states),
+                            ("pooled_text_emb", pooled_text_emb), ("micro_conds", micro_conds)):
+            UF.check_tensor(f"UVit2DModel: {name}", value)
         B, _, _ = check_model_inputs(self._config, input_ids, encoder_hidden_states,
                                      pooled_text_emb, micro_conds)
         dt = self.dtype
@@ -568,6 +572,8 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
     """One MaskGIT step (see `uvit_numpy.uvit2d.masked_decoding_step`). logits (B, K, H, W),
     tokens (B, H, W). Uniforms come from `generator` (a torch.Generator) unless given as
     `noise=(u_sample, u_gumbel)`. Returns (next_tokens, predicted), both (B, H, W)."""
+    UF.check_tensor("masked_decoding_step: logits", logits)
+    UF.check_tensor("masked_decoding_step: tokens", tokens)
     check_floating("masked_decoding_step: logits", logits)
     check_rank("masked_decoding_step: logits", logits, 4, "(B, K, H, W)")
     check_integer("masked_decoding_step: tokens", tokens)
@@ -610,6 +616,13 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
              negative_encoder_hidden_states=None, negative_pooled_text_emb=None, generator=None,
              schedule="cosine", noise=None, return_history=False):
     """MaskGIT decoding from an all-mask grid (see `uvit_numpy.uvit2d.generate`)."""
+    for name, value in (("encoder_hidden_states", encoder_hidden_states),
+                        ("pooled_text_emb", pooled_text_emb), ("micro_conds", micro_conds)):
+        UF.check_tensor(f"generate: {name}", value)
+    UF.check_tensor("generate: negative_encoder_hidden_states", negative_encoder_hidden_states,
+                    optional=True)
+    UF.check_tensor("generate: negative_pooled_text_emb", negative_pooled_text_emb,
+                    optional=True)
     B = encoder_hidden_states.shape[0]
     if mask_token_id is None:
         mask_token_id = model.config["vocab_size"] - 1
