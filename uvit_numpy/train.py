@@ -147,7 +147,9 @@ def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True):
 
 def main(argv=None):
     parser = T.build_parser("python -m uvit_numpy.train", __doc__.split("\n\n")[0])
-    return T.main(NumpyBackend(), parser.parse_args(argv))
+    words = sys.argv[1:] if argv is None else list(argv)
+    return T.main(NumpyBackend(), parser.parse_args(argv),
+                  " ".join(["python -m uvit_numpy.train", *words]))
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ def check_finite(loss, grad_norm, step, checkpoint_path, last_step):
 # The loop both trainers run
 # --------------------------------------------------------------------------------------------------
 def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
-        export_only=False):
+        export_only=False, command=None):
     """Train `cfg` into the folder `out` with `backend` (the torch or the NumPy one), or resume it.
 
     The backend holds the model, its EMA and the optimizer, and knows four things:
@@ -359,7 +359,8 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
         if export_only:
             model_dir = os.path.join(out, "model")
             backend.export(model_dir, {"seed": seed, "steps": start, "seconds": round(elapsed, 1),
-                                       "framework": backend.name, "dtype": dtype})
+                                       "framework": backend.name, "dtype": dtype,
+                                       "command": command})
             return {"steps": start, "seconds": elapsed, "loss": None, "checkpoint": ckpt_path,
                     "model": model_dir}
         if start >= cfg["steps"]:
@@ -397,7 +398,7 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
         bar.close()
     model_dir = os.path.join(out, "model")
     info = {"seed": seed, "steps": cfg["steps"], "seconds": round(elapsed, 1),
-            "framework": backend.name, "dtype": dtype}
+            "framework": backend.name, "dtype": dtype, "command": command}
     backend.export(model_dir, info)
     return {"steps": cfg["steps"], "seconds": elapsed, "loss": row["loss"] if row else None,
             "checkpoint": ckpt_path, "model": model_dir}
@@ -431,14 +432,15 @@ def build_parser(prog, description):
     return parser
 
 
-def main(backend, args):
-    """Run the parsed command line `args` with `backend`; prints a JSON summary. Exit status."""
+def main(backend, args, command=None):
+    """Run the parsed command line `args` with `backend`; prints a JSON summary. Exit status.
+    `command`: the command line, recorded with the exported model."""
     cfg = train_config(args.config, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                        checkpoint_every=args.checkpoint_every)
     out = args.out or os.path.join("runs", args.config)
     try:
         summary = run(cfg, out, backend, resume=args.resume, seed=args.seed, dtype=args.dtype,
-                      progress=not args.no_progress, export_only=args.export)
+                      progress=not args.no_progress, export_only=args.export, command=command)
     except (FloatingPointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -228,7 +228,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return T.main(TorchBackend(), args)
+    words = sys.argv[1:] if argv is None else list(argv)
+    return T.main(TorchBackend(), args, " ".join(["python -m uvit_torch.train", *words]))
 
 
 if __name__ == "__main__":
