@@ -27,9 +27,8 @@ import time
 
 import numpy as np
 
+from .tokenizer import TOKENIZER_NAME
 from .weights import find_model_folder, read_config
-
-TOKENIZER_NAME = "tokenizer.safetensors"
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++")
 
 

@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+TOKENIZER_NAME = "tokenizer.safetensors"     # its file beside the model's weights in a folder
+
 from .checks import check_floating, check_integer, check_range, check_rank
 
 

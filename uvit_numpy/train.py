@@ -20,9 +20,9 @@ from .data import load_digits
 from .losses import cross_entropy, cross_entropy_backward, mse_loss, mse_loss_backward
 from .optim import EMA, AdamW, clip_grad_norm
 from .schedulers import add_noise, make_betas, training_target
+from .tokenizer import TOKENIZER_NAME
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-TOKENIZER_NAME = "tokenizer.safetensors"     # beside the model's weights in a model folder
 
 
 class DiffusionTask:

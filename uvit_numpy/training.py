@@ -90,7 +90,29 @@ TRAIN_CONFIGS = {
         betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
         checkpoint_every=10, log_every=5,
         sampling=dict(scheduler="dpmsolver++", steps=5, guidance_scale=2.0)),
+    # The U-ViT paper's CIFAR-10 recipe (its configs/cifar10_uvit.py): U-ViT-S/2, unconditional,
+    # noise prediction, random horizontal flips, AdamW lr 2e-4, wd 0.03, betas (0.99, 0.999),
+    # 2,500 warm-up steps, no clipping, EMA 0.9999, batch 128 for 500K steps. The paper's
+    # continuous VP-SDE (beta from 0.1 to 20) discretised on 1,000 steps is DDPM's linear schedule
+    # 1e-4 .. 0.02, which is what this uses, with integer t as the network input. Torch only: the
+    # images come from `--data PATH` (`uvit_torch.cifar10`), and it wants GPUs (see README).
+    "cifar10_uvit_small": dict(
+        task="diffusion", data="cifar10",
+        model=dict(img_size=32, patch_size=2, in_chans=3, embed_dim=512, depth=12, num_heads=8,
+                   mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False, num_classes=-1,
+                   conv=True, skip=True),
+        diffusion=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                       beta_end=0.02, prediction_type="epsilon"),
+        p_uncond=0.0, random_flip=True,
+        batch_size=128, steps=500000, lr=2e-4, warmup_steps=2500, weight_decay=0.03,
+        betas=(0.99, 0.999), eps=1e-8, grad_clip=None, ema_decay=0.9999,
+        checkpoint_every=5000, log_every=100,
+        sampling=dict(scheduler="dpmsolver++", steps=50, guidance_scale=1.0)),
 }
+
+# Where a config's images come from, when not from the digits: only backends that list the name
+# in their `datasets` attribute can train it (the NumPy trainer reads the digits only).
+DATASETS = {"cifar10": "CIFAR-10 from --data PATH (uvit_torch.cifar10)"}
 
 
 def train_config(name, **overrides):
@@ -161,9 +183,12 @@ def batch_indices(seed, step, batch_size, n):
 def diffusion_batch(images, labels, cfg, seed, step, dtype=np.float32):
     """Step `step`'s batch of the diffusion task, as NumPy arrays.
 
-    images: (N, H, W) in [-1, 1]; labels: (N,) ints. Returns a dict with
-    x0 (B, 1, H, W), y (B,) (each replaced by the null class `num_classes - 1` with probability
-    p_uncond), t (B,) ints in [0, T), noise (B, 1, H, W) ~ N(0, I), in `dtype`.
+    images: (N, H, W) grey or (N, C, H, W) in [-1, 1] (an array, or any object whose `[idx]`
+    gives those rows, as `uvit_torch.cifar10.ImageView`); labels: (N,) ints. Returns a dict with
+    x0 (B, C, H, W) (C = 1 for grey images), y (B,) (each replaced by the null class
+    `num_classes - 1` with probability p_uncond), t (B,) ints in [0, T), noise (B, C, H, W)
+    ~ N(0, I), in `dtype`. With the config's `random_flip` (the paper's CIFAR-10 augmentation),
+    each x0 is mirrored left-right with probability 1/2, drawn after the noise.
     """
     B = cfg["batch_size"]
     idx = batch_indices(seed, step, B, len(images))
@@ -172,8 +197,14 @@ def diffusion_batch(images, labels, cfg, seed, step, dtype=np.float32):
     drop = rng.random(B) < cfg["p_uncond"]                          # True: condition dropped
     y = np.where(drop, null, labels[idx]).astype(np.int64)
     t = rng.integers(0, cfg["diffusion"]["num_train_timesteps"], size=B).astype(np.int64)
-    x0 = images[idx][:, None].astype(dtype)                        # (B, H, W) -> (B, 1, H, W)
+    x0 = images[idx]
+    if x0.ndim == 3:
+        x0 = x0[:, None]                                            # (B, H, W) -> (B, 1, H, W)
+    x0 = x0.astype(dtype)
     noise = rng.standard_normal(x0.shape).astype(dtype)
+    if cfg.get("random_flip"):
+        flip = rng.random(B) < 0.5                                  # after the noise: the draws
+        x0[flip] = x0[flip][..., ::-1]                              # above stay as they were
     return {"x0": x0, "y": y, "t": t, "noise": noise}
 
 
@@ -341,10 +372,24 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
     checkpoints, resuming and stopping. With `export_only` it writes `model/` from the
     checkpoint's EMA weights without training (to sample from a run that is still going).
     Returns a summary dict.
+
+    Data parallelism (the torch backend under torchrun) needs three optional attributes of the
+    backend: `is_main` (default True): only that process writes the log, the checkpoints and
+    `model/`, and shows the progress bar, while every process runs the same steps on the same
+    (all-reduced) loss and gradient norm, so they stop together; `datasets`: the names of
+    `DATASETS` it can read; `scales_gradients` (default False): a float16 gradient scaler skips
+    the updates whose gradients overflow, so a non-finite gradient norm does not stop the run.
     """
     if cfg["checkpoint_every"] % cfg["log_every"]:
         raise ValueError(f"checkpoint_every ({cfg['checkpoint_every']}) must be a multiple of "
                          f"log_every ({cfg['log_every']}), so that a resumed log lines up")
+    data = cfg.get("data")
+    if data is not None and data not in getattr(backend, "datasets", ()):
+        raise ValueError(f"{cfg.get('name', 'this config')} trains on "
+                         f"{DATASETS.get(data, data)}, which the {backend.name} trainer does not "
+                         f"read; train it with python -m uvit_torch.train")
+    is_main = getattr(backend, "is_main", True)
+    scaled = getattr(backend, "scales_gradients", False)
     ckpt_path = os.path.join(out, "checkpoint.safetensors")
     backend.setup(cfg, seed, dtype)
     start, elapsed = 0, 0.0
@@ -358,23 +403,26 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
         start, elapsed = meta["step"], meta["seconds"]
         if export_only:
             model_dir = os.path.join(out, "model")
-            backend.export(model_dir, {"seed": seed, "steps": start, "seconds": round(elapsed, 1),
-                                       "framework": backend.name, "dtype": dtype,
-                                       "command": command})
+            if is_main:
+                    backend.export(model_dir, {"seed": seed, "steps": start,
+                                           "seconds": round(elapsed, 1),
+                                           "framework": backend.name, "dtype": dtype,
+                                           "command": command})
             return {"steps": start, "seconds": elapsed, "loss": None, "checkpoint": ckpt_path,
                     "model": model_dir}
         if start >= cfg["steps"]:
             raise ValueError(f"--resume: the checkpoint is at step {start}, which is not before "
                              f"the last step {cfg['steps']}; pass a larger --steps to go on")
-    os.makedirs(out, exist_ok=True)
-    log = LossLog(os.path.join(out, "log.csv"), resume_step=start)
+    if is_main:
+        os.makedirs(out, exist_ok=True)
+        log = LossLog(os.path.join(out, "log.csv"), resume_step=start)
     meta = {"config": cfg, "seed": seed, "dtype": dtype, "framework": backend.name}
     last_good, window, row = start, [], None
-    bar = _progress_bar(cfg, start, progress)
+    bar = _progress_bar(cfg, start, progress and is_main)
     for step in range(start + 1, cfg["steps"] + 1):
         tic = time.perf_counter()
         loss, grad_norm = backend.forward_backward(step)
-        check_finite(loss, grad_norm, step, ckpt_path, last_good)
+        check_finite(loss, 0.0 if scaled else grad_norm, step, ckpt_path, last_good)
         lr = warmup_lr(step, cfg["lr"], cfg["warmup_steps"])
         backend.optimizer_step(step, lr)
         seconds = time.perf_counter() - tic
@@ -383,12 +431,14 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
         if step % cfg["log_every"] == 0 or step == cfg["steps"]:
             row = dict(step=step, loss=float(np.mean(window)), lr=lr, grad_norm=grad_norm,
                        seconds=round(elapsed, 3))
-            log.write(**row)
+            if is_main:
+                log.write(**row)
             window = []
         if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
-            arrays, optimizer_steps = backend.arrays()
-            save_checkpoint(ckpt_path, arrays, {**meta, "step": step, "seconds": elapsed,
-                                                "optimizer_steps": optimizer_steps})
+            if is_main:
+                arrays, optimizer_steps = backend.arrays()
+                save_checkpoint(ckpt_path, arrays, {**meta, "step": step, "seconds": elapsed,
+                                                    "optimizer_steps": optimizer_steps})
             last_good = step
         if bar is not None:
             bar.update(1)
@@ -399,7 +449,8 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
     model_dir = os.path.join(out, "model")
     info = {"seed": seed, "steps": cfg["steps"], "seconds": round(elapsed, 1),
             "framework": backend.name, "dtype": dtype, "command": command}
-    backend.export(model_dir, info)
+    if is_main:
+        backend.export(model_dir, info)
     return {"steps": cfg["steps"], "seconds": elapsed, "loss": row["loss"] if row else None,
             "checkpoint": ckpt_path, "model": model_dir}
 
@@ -436,7 +487,8 @@ def main(backend, args, command=None):
     """Run the parsed command line `args` with `backend`; prints a JSON summary. Exit status.
     `command`: the command line, recorded with the exported model."""
     cfg = train_config(args.config, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                       checkpoint_every=args.checkpoint_every)
+                       checkpoint_every=args.checkpoint_every,
+                       log_every=getattr(args, "log_every", None))
     out = args.out or os.path.join("runs", args.config)
     try:
         summary = run(cfg, out, backend, resume=args.resume, seed=args.seed, dtype=args.dtype,
@@ -444,6 +496,7 @@ def main(backend, args, command=None):
     except (FloatingPointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v)
-                      for k, v in summary.items()}))
+    if getattr(backend, "is_main", True):                    # one summary under torchrun
+        print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v)
+                          for k, v in summary.items()}))
     return 0

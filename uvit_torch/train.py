@@ -26,6 +26,7 @@ import torch
 
 from uvit_numpy import training as T
 from uvit_numpy.data import load_digits
+from uvit_numpy.tokenizer import TOKENIZER_NAME
 
 from .losses import cross_entropy, mse_loss
 from .schedulers import add_noise, training_target
@@ -111,7 +112,6 @@ class MaskGITTask:
                              label_smoothing=self.cfg["label_smoothing"])
 
     def export(self, folder, ema, cfg, info):
-        from uvit_numpy.train import TOKENIZER_NAME
         ema.save_pretrained(folder, training={"config": cfg, **info},
                             sampling=cfg.get("sampling"))
         self.tokenizer.save(os.path.join(folder, TOKENIZER_NAME))
