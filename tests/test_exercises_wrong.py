@@ -198,6 +198,136 @@ def decode_argmax(*args):
     return _decode(*args, argmax=True)
 
 
+# --- 06: backward passes -----------------------------------------------------------------------
+def linear_backward_bias_first_axis(dy, x, weight):
+    dx = dy @ weight
+    dW = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    return dx, dW, dy.sum(0)                                       # sums over the batch only
+
+
+def embedding_backward_fancy(dy, ids, num_embeddings):
+    dW = np.zeros((num_embeddings, dy.shape[-1]))
+    dW[ids] += dy                                                  # repeated ids count once
+    return dW
+
+
+def layer_norm_backward_no_xhat_term(dy, x, weight, eps=1e-5):
+    xc = x - x.mean(-1, keepdims=True)
+    rstd = 1 / np.sqrt((xc ** 2).mean(-1, keepdims=True) + eps)
+    xhat, g = xc * rstd, dy * weight
+    axes = tuple(range(x.ndim - 1))
+    return rstd * (g - g.mean(-1, keepdims=True)), (dy * xhat).sum(axes), dy.sum(axes)
+
+
+def softmax_backward_diagonal(dy, p, axis=-1):
+    return dy * p * (1 - p)
+
+
+def attention_backward_unscaled(dout, q, k, v):
+    d = q.shape[-1]
+    a = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
+    a = np.exp(a - a.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    da = dout @ v.transpose(0, 1, 3, 2)
+    ds = a * (da - (da * a).sum(-1, keepdims=True))
+    return ds @ k, ds.transpose(0, 1, 3, 2) @ q, a.transpose(0, 1, 3, 2) @ dout
+
+
+def gelu_backward_cdf_only(dy, x):
+    return dy * 0.5 * (1 + erf(x / math.sqrt(2)))
+
+
+def gelu_backward_tanh(dy, x):
+    c = math.sqrt(2 / math.pi)
+    t = np.tanh(c * (x + 0.044715 * x ** 3))
+    return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t ** 2) * c * (1 + 3 * 0.044715 * x ** 2))
+
+
+def conv2d_backward_assigning(dy, x, weight, stride=1, padding=0):
+    H, W = x.shape[2:]
+    kh, kw = weight.shape[2:]
+    Ho, Wo = dy.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(weight)
+    for i in range(kh):
+        for j in range(kw):
+            sl = (slice(None), slice(None), slice(i, i + stride * (Ho - 1) + 1, stride),
+                  slice(j, j + stride * (Wo - 1) + 1, stride))
+            dw[:, :, i, j] = np.einsum("bohw,bchw->oc", dy, xp[sl])
+            dxp[sl] = np.einsum("bohw,oc->bchw", dy, weight[:, :, i, j])   # = instead of +=
+    return dxp[:, :, padding:padding + H, padding:padding + W], dw, dy.sum((0, 2, 3))
+
+
+# --- 07: diffusion ------------------------------------------------------------------------------
+def cosine_betas_uncapped(num_train_timesteps, max_beta=0.999):
+    t = np.linspace(0, 1, num_train_timesteps + 1)
+    f = np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2
+    return 1 - f[1:] / f[:-1]
+
+
+def add_noise_unit_interval(x0, noise, timesteps, alphas_cumprod):
+    a = alphas_cumprod[timesteps][:, None, None, None]
+    x0 = (x0 + 1) / 2                                              # "images live in [0, 1]"
+    return np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+
+
+def add_noise_no_sqrt(x0, noise, timesteps, alphas_cumprod):
+    a = alphas_cumprod[timesteps][:, None, None, None]
+    return a * x0 + np.sqrt(1 - a) * noise
+
+
+def ddim_step_one_back(model_output, timestep, sample, alphas_cumprod, num_inference_steps):
+    a_t = alphas_cumprod[timestep]
+    a_prev = alphas_cumprod[timestep - 1] if timestep > 0 else 1.0
+    pred_x0 = (sample - math.sqrt(1 - a_t) * model_output) / math.sqrt(a_t)
+    return math.sqrt(a_prev) * pred_x0 + math.sqrt(1 - a_prev) * model_output
+
+
+def guided_epsilon_paper_scale(eps_cond, eps_uncond, guidance_scale):
+    return (1 + guidance_scale) * eps_cond - guidance_scale * eps_uncond
+
+
+# --- 08: MaskGIT --------------------------------------------------------------------------------
+def mask_batch_kept_fraction(tokens, u_ratio, u_order, codebook_size):
+    B, H, W = tokens.shape
+    n = np.clip(np.round(H * W * (1 - np.cos(np.pi / 2 * u_ratio))), 1, H * W).astype(int)
+    flat = u_order.reshape(B, -1)
+    masked = np.zeros_like(flat, dtype=bool)
+    for b in range(B):
+        masked[b, np.argsort(flat[b])[:n[b]]] = True
+    masked = masked.reshape(B, H, W)
+    return np.where(masked, codebook_size, tokens), np.where(masked, tokens, -100)
+
+
+def mask_batch_last_code(tokens, u_ratio, u_order, codebook_size):
+    B, H, W = tokens.shape
+    n = np.clip(np.round(H * W * np.cos(np.pi / 2 * u_ratio)), 1, H * W).astype(int)
+    flat = u_order.reshape(B, -1)
+    masked = np.zeros_like(flat, dtype=bool)
+    for b in range(B):
+        masked[b, np.argsort(flat[b])[:n[b]]] = True
+    masked = masked.reshape(B, H, W)
+    return np.where(masked, codebook_size - 1, tokens), np.where(masked, tokens, -100)
+
+
+def masked_ce_over_batch(logits, labels, label_smoothing=0.0):
+    B, K = logits.shape[:2]
+    z = np.moveaxis(logits, 1, -1).reshape(-1, K)
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    y = labels.ravel()
+    keep = y >= 0
+    loss = -(1 - label_smoothing) * logp[keep, y[keep]] - label_smoothing * logp[keep].mean(1)
+    return loss.sum() / B                                          # the batch, not the count
+
+
+def kmeans_step_nan(x, centroids):
+    d = ((x[:, None] - centroids[None]) ** 2).sum(-1)
+    a = d.argmin(1)
+    new = np.stack([x[a == k].mean(0) for k in range(len(centroids))])   # empty -> NaN
+    return new, a, d.min(1).mean()
+
+
 WRONG = [
     ("patchify", patchify_channels_first, "channels_first_in_patch"),
     ("unpatchify", unpatchify_plain_reshape, "plain_reshape"),
@@ -221,6 +351,23 @@ WRONG = [
     ("convnext_block", convnext_film_then_residual, "film_before_residual"),
     ("masked_decoding_step", decode_remasks_known, "known_tokens_remasked"),
     ("masked_decoding_step", decode_argmax, "argmax_not_sampled"),
+    ("linear_backward", linear_backward_bias_first_axis, "bias_summed_over_one_axis"),
+    ("embedding_backward", embedding_backward_fancy, "fancy_index_add"),
+    ("layer_norm_backward", layer_norm_backward_no_xhat_term, "missing_xhat_term"),
+    ("softmax_backward", softmax_backward_diagonal, "jacobian_diagonal_only"),
+    ("attention_backward", attention_backward_unscaled, "missing_scale"),
+    ("gelu_backward", gelu_backward_cdf_only, "missing_x_pdf_term"),
+    ("gelu_backward", gelu_backward_tanh, "tanh_derivative"),
+    ("conv2d_backward", conv2d_backward_assigning, "dx_overlaps_not_added"),
+    ("cosine_betas", cosine_betas_uncapped, "betas_not_capped"),
+    ("add_noise", add_noise_unit_interval, "data_rescaled_to_01"),
+    ("add_noise", add_noise_no_sqrt, "abar_without_sqrt"),
+    ("ddim_step", ddim_step_one_back, "previous_timestep_minus_one"),
+    ("guided_epsilon", guided_epsilon_paper_scale, "scale_off_by_one"),
+    ("mask_batch", mask_batch_kept_fraction, "cosine_gives_kept_count"),
+    ("mask_batch", mask_batch_last_code, "mask_id_inside_codebook"),
+    ("masked_cross_entropy", masked_ce_over_batch, "mean_over_batch"),
+    ("kmeans_step", kmeans_step_nan, "empty_cluster_nan"),
 ]
 
 

@@ -12,12 +12,24 @@ From the shell:
     python -m uvit_numpy.exercises grade FILE_OR_DIR     # every exercise found, a score table
     python -m uvit_numpy.exercises release OUTDIR        # the student notebooks, no solutions
 
+`check` and `grade` run each file in a child process with limits and judge in their own
+(`grading`); `check(...)` in a notebook runs in the notebook's kernel.
+
 The exercise notebooks live in book/exercises; `catalogue.EXERCISES` lists the exercises in course
 order, each with its reference, its cases and the mistakes its checker recognises.
 """
 
 # Importing the theme modules registers their exercises (the catalogue orders them by notebook).
-from . import amused, attention, convolutions, norms_and_activations, tokens  # noqa: F401
+from . import (  # noqa: F401
+    amused,
+    attention,
+    backward,
+    convolutions,
+    diffusion,
+    maskgit,
+    norms_and_activations,
+    tokens,
+)
 from .catalogue import EXERCISES, Case, Exercise, Mistake, get_exercise
 from .checker import CheckResult, check, run_checks
 
