@@ -6,8 +6,12 @@ grade    every exercise defined in FILE, or in the .py/.ipynb files under DIR: a
          what failed and why (unless --quiet)
 release  write the student notebooks (solutions replaced by `raise NotImplementedError`)
 
-`check` and `grade` exit with status 0 only when everything they ran passed (1 otherwise, 2 for a
-usage error such as a missing file).
+`check` and `grade` run each file in a child process of its own, with a time limit (--timeout)
+and a memory limit (--memory), and judge what it returns in this one (see `grading`); the table's
+status is passed, failed, not attempted, bad output, timed out, exited, crashed, uses the
+reference or syntax error. They exit with status 0 only when everything they ran passed (1
+otherwise, 2 for a usage error such as a missing file). `release` refuses to overwrite notebooks
+already in OUTDIR unless --force.
 """
 
 import argparse
@@ -15,8 +19,8 @@ import sys
 from pathlib import Path
 
 from .catalogue import EXERCISES, get_exercise
-from .checker import run_checks
-from .notebooks import default_source_dir, defined_functions, load_namespace, release, student_files
+from .grading import DEFAULT_MEMORY, DEFAULT_TIMEOUT, grade_file, start_server
+from .notebooks import default_source_dir, release, student_files
 
 
 def cmd_list(args):
@@ -45,14 +49,14 @@ def cmd_check(args):
     if not path.is_file():
         print(f"check: no such file {path}", file=sys.stderr)
         return 2
-    namespace, errors, filenames = load_namespace(path)
-    _print_load_errors(path, errors)
-    found = defined_functions(namespace, filenames, [exercise.name])
-    if not found:
+    start_server()
+    report = grade_file(path, [exercise.name], timeout=args.timeout, memory=_memory(args))
+    _print_notes(path, report.notes)
+    result = report.results.get(exercise.name)
+    if result is None:
         print(f"check: {path} does not define a function named {exercise.name!r}",
               file=sys.stderr)
         return 1
-    result = run_checks(exercise, found[exercise.name])
     print(result.report())
     return 0 if result else 1
 
@@ -63,16 +67,19 @@ def cmd_grade(args):
     except ValueError as exc:
         print(f"grade: {exc}", file=sys.stderr)
         return 2
+    start_server()                       # the children's server starts while the files are read
     rows, failures = [], []
     for path in files:
-        namespace, errors, filenames = load_namespace(path)
+        report = grade_file(path, timeout=args.timeout, memory=_memory(args))
         if not args.quiet:
-            _print_load_errors(path, errors)
-        for name, fn in defined_functions(namespace, filenames, EXERCISES).items():
-            result = run_checks(EXERCISES[name], fn)
-            rows.append((str(path), name, f"{result.passed}/{result.total}", result.status))
-            if result.status == "failed":
+            _print_notes(path, report.notes)
+        for name, result in report.results.items():
+            rows.append((str(path), name, _cases(result), result.status))
+            if result.status not in ("passed", "not attempted"):
                 failures.append((path, result))
+        if not report.results and (report.unreadable
+                                   or any("SyntaxError" in n for n in report.notes)):
+            rows.append((str(path), "-", "-", "syntax error"))
     if not rows:
         print(f"grade: no exercise functions found in {args.path} (looked for: "
               f"{', '.join(EXERCISES)})")
@@ -87,29 +94,50 @@ def cmd_grade(args):
     return 0 if passed == len(rows) else 1
 
 
+def _cases(result):
+    """'3/4' when the cases ran, '-' when the grader could not run them."""
+    return f"{result.passed}/{result.total}" if result.cases else "-"
+
+
+def _memory(args):
+    return None if args.memory <= 0 else args.memory
+
+
 def cmd_release(args):
     source = Path(args.source) if args.source else default_source_dir()
     try:
-        written = release(source, args.outdir)
+        written = release(source, args.outdir, force=args.force)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path}")
+    readme = Path(args.outdir) / "README.md"
+    if readme.exists():
+        print(f"wrote {readme} (the students' README)")
     print(f"{len(written)} student notebooks in {args.outdir} (solutions removed, outputs "
           "cleared)")
     return 0
 
 
-def _print_load_errors(path, errors):
-    for err in errors:
-        print(f"note: {path}: {err}", file=sys.stderr)
+def _print_notes(path, notes):
+    for note in notes:
+        print(f"note: {path}: {note}", file=sys.stderr)
 
 
 def _print_table(header, rows):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _limits(p):
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds of wall clock for each file's process (default "
+                        f"{DEFAULT_TIMEOUT:g}); a file stopped early goes on in a fresh one")
+    p.add_argument("--memory", type=int, default=DEFAULT_MEMORY,
+                   help=f"MB a file's code may allocate, on Linux (default {DEFAULT_MEMORY}; "
+                        "0: no limit)")
 
 
 def main(argv=None):
@@ -122,14 +150,18 @@ def main(argv=None):
     p = sub.add_parser("check", help="check one exercise in a .py or .ipynb file")
     p.add_argument("name")
     p.add_argument("file")
+    _limits(p)
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("grade", help="grade every exercise in a file or folder")
     p.add_argument("path")
     p.add_argument("-q", "--quiet", action="store_true", help="the score table only")
+    _limits(p)
     p.set_defaults(func=cmd_grade)
     p = sub.add_parser("release", help="write the student notebooks")
     p.add_argument("outdir")
     p.add_argument("--source", help="folder of the solution notebooks (default: book/exercises)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the notebooks (and README.md) already in OUTDIR")
     p.set_defaults(func=cmd_release)
     args = parser.parse_args(argv)
     return args.func(args)

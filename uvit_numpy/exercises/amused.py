@@ -13,9 +13,12 @@ import math
 import numpy as np
 
 from .. import functional as F
-from .catalogue import Case, Exercise, Mistake, register, rng_for
+from .catalogue import Case, Exercise, Mistake, functional_names, register, rng_for
 
 NOTEBOOK = "05_amused_blocks.ipynb"
+# the notebook's point is the wiring: its solutions may call these functions of the package
+ALLOWED = functional_names("rms_norm", "linear", "gelu", "silu", "softmax", "conv2d",
+                           "global_response_norm", "embedding")
 
 
 def _lin(rng, out_features, in_features):
@@ -92,6 +95,7 @@ def _conv_embed_cases():
 
 register(Exercise(
     name="uvit2d_conv_embed",
+    allowed=ALLOWED,
     summary="aMUSEd's UVit2DConvEmbed: embedding lookup -> RMSNorm -> 1x1 conv, channel-last",
     notebook=NOTEBOOK,
     reference=uvit2d_conv_embed,
@@ -165,6 +169,7 @@ def _ada_cases():
 
 register(Exercise(
     name="ada_rms_norm",
+    allowed=ALLOWED,
     summary="the adaptive RMS norm (AdaLayerNormContinuous): rms_norm(x) * (1 + scale) + shift",
     notebook=NOTEBOOK,
     reference=ada_rms_norm,
@@ -274,6 +279,7 @@ def _convnext_cases():
 
 register(Exercise(
     name="convnext_block",
+    allowed=ALLOWED,
     summary="aMUSEd's ConvNeXt block: dwconv, RMSNorm, MLP with GELU + GRN, residual, then FiLM",
     notebook=NOTEBOOK,
     reference=convnext_block,
@@ -410,6 +416,7 @@ def _decoding_cases():
 
 register(Exercise(
     name="masked_decoding_step",
+    allowed=ALLOWED,
     summary="one MaskGIT decoding step of aMUSEd: sample codes, re-mask the least confident",
     notebook=NOTEBOOK,
     reference=masked_decoding_step,

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .. import functional as F
-from .catalogue import Case, Exercise, Mistake, register, rng_for
+from .catalogue import Case, Exercise, Mistake, functional_names, register, rng_for
 
 NOTEBOOK = "03_attention_and_uvit_block.ipynb"
 
@@ -287,6 +287,9 @@ def _uvit_block_cases():
 
 register(Exercise(
     name="uvit_block",
+    # the block is the wiring: the notebook imports the package's functions for its pieces
+    allowed=functional_names("linear", "layer_norm", "gelu", "softmax", "split_heads",
+                             "merge_heads", "scaled_dot_product_attention"),
     summary="the U-ViT block: long skip (concat x then skip, Linear 2D -> D), pre-norm attn + MLP",
     notebook=NOTEBOOK,
     reference=uvit_block,

@@ -12,8 +12,14 @@ An `Exercise` bundles
   student's output is wrong, the checker runs every mistake on the failing case and names the one
   the student's output matches.
 
-The theme modules (`tokens`, `norms_and_activations`, `attention`, `convolutions`, `amused`)
-`register` their exercises here. The course order is by notebook, then by order of registration.
+A solution is written with NumPy (and SciPy's erf); where a notebook lets students call the
+package's own functions, the exercise lists them in `allowed` (see `functional_names`), and the
+grader reports a solution that calls anything else of `uvit_numpy` or `uvit_torch` as "uses the
+reference" (the exercise's own function is never allowed).
+
+The theme modules (`tokens`, `norms_and_activations`, `attention`, `convolutions`, `amused`,
+`backward`, `diffusion`, `maskgit`) `register` their exercises here. The course order is by
+notebook, then by order of registration.
 """
 
 import zlib
@@ -57,6 +63,7 @@ class Exercise:
     make_cases: Callable      # () -> list[Case], fresh arrays every call
     mistakes: tuple = ()      # Mistake, ..., most specific first
     exact: bool = False       # integer outputs: compare for equality, not within a tolerance
+    allowed: tuple = ()       # package functions a solution may call ("uvit_numpy.functional.gelu")
 
     @property
     def signature(self):
@@ -66,6 +73,11 @@ class Exercise:
 
 
 EXERCISES = {}
+
+
+def functional_names(*names):
+    """("uvit_numpy.functional.linear", ...) for `allowed`: functions a notebook lets you call."""
+    return tuple(f"uvit_numpy.functional.{n}" for n in names)
 
 
 def register(exercise):

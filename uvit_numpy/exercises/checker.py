@@ -14,6 +14,13 @@ cause in this order:
 
 A function that raises `NotImplementedError` on the first case is "not attempted"; any other
 exception is reported with its message and the line that raised it, never crashing the checker.
+An output that is not an array (None, a string, a tuple of the wrong length) is a "bad output".
+
+The work is split in two so that the grader can keep the verdict out of the student's process:
+`run_student` calls the student's function and records what came back (plain data), `judge`
+compares that with the reference's outputs and diagnoses. `check` and `run_checks` do both here,
+in the caller's process (a notebook's self-check); `grading.grade_file` runs `run_student` in a
+child process and `judge` in its own.
 """
 
 import inspect
@@ -41,7 +48,7 @@ _LIBRARY_PREFIXES = tuple(
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class CaseResult:
-    """The outcome of one case: status is "passed", "failed", "error" or "not attempted"."""
+    """The outcome of one case: "passed", "failed", "error", "bad output" or "not attempted"."""
 
     label: str
     status: str
@@ -57,14 +64,17 @@ class CaseResult:
 class CheckResult:
     """What `check` found: truthy only when every case passed.
 
-    status: "passed", "failed" or "not attempted". `cases` holds one `CaseResult` per case run;
-    `diagnoses` the keys of the mistakes recognised (e.g. {"eps_outside_sqrt"}); `hints` their
-    texts, each once.
+    status: "passed", "failed", "bad output" (some case returned something that is not an
+    array) or "not attempted"; the grader adds the statuses of a process that failed ("timed
+    out", "exited", "crashed") and of code it did not run ("uses the reference", "syntax error"),
+    explained in `note`. `cases` holds one `CaseResult` per case run; `diagnoses` the keys of the
+    mistakes recognised (e.g. {"eps_outside_sqrt"}); `hints` their texts, each once.
     """
 
     name: str
     status: str
     cases: list
+    note: str = ""
 
     def __bool__(self):
         return self.status == "passed"
@@ -91,15 +101,17 @@ class CheckResult:
             return f"{self.name}: not attempted (the function raises NotImplementedError)"
         if self.status == "passed":
             return f"{self.name}: passed all {self.total} cases"
-        return f"{self.name}: FAILED, {self.passed} of {self.total} cases passed"
+        if self.status in ("failed", "bad output"):
+            return f"{self.name}: {self.status}, {self.passed} of {self.total} cases passed"
+        return f"{self.name}: {self.status}" + (f": {self.note}" if self.note else "")
 
     def report(self):
         """The summary and, when something failed, every case with what went wrong and hints."""
         lines = [self.summary()]
-        if self.status != "failed":
+        if self.status in ("passed", "not attempted") or not self.cases:
             return lines[0]
         for c in self.cases:
-            mark = "ok  " if c.passed else "FAIL"
+            mark = "ok  " if c.passed else "fail"
             lines.append(f"  {mark}  {c.label}")
             if not c.passed:
                 lines.extend(_indent(c.message, 8))
@@ -367,34 +379,78 @@ def _constant_factor(a, b):
 # --------------------------------------------------------------------------------------------------
 # The check
 # --------------------------------------------------------------------------------------------------
-def run_checks(exercise, fn):
-    """Every case of `exercise` on `fn`; a CheckResult (no printing)."""
-    results = []
-    cases = exercise.make_cases()
-    for i, case in enumerate(cases):
-        ref_out, _, _ = call_quietly(exercise.reference, case)
-        ref = as_outputs(ref_out, len(ref_out) if isinstance(ref_out, tuple) else 1)
+def expected_outputs(exercise, cases):
+    """The reference's outputs on every case, each a list of arrays."""
+    refs = []
+    for case in cases:
+        out, _, _ = call_quietly(exercise.reference, case)
+        refs.append(as_outputs(out, len(out) if isinstance(out, tuple) else 1))
+    return refs
+
+
+def run_student(fn, cases, counts, on_case=None, max_sizes=None):
+    """Call the student's `fn` on every case; a list of outcomes, plain dicts (no verdict yet).
+
+    counts[i] is how many arrays case i must return. Each outcome is one of
+    {"kind": "returned", "outputs": [arrays], "args": [...], "kwargs": {...}} (the arguments
+    as they are after the call, to see whether the function wrote into them),
+    {"kind": "bad output", "message": ...}, {"kind": "raised", "error": type name, "message": ...,
+    "where": the student's line} or, alone, {"kind": "not attempted"} (NotImplementedError on the
+    first case). The grader runs this in the student's own process and `judge` in its own;
+    it passes `on_case(i)`, called before case i, and `max_sizes[i]`, the most elements an
+    output of case i may have before it is a bad output rather than data to send back.
+    """
+    outcomes = []
+    for i, (case, count) in enumerate(zip(cases, counts)):
+        if on_case is not None:
+            on_case(i)
         try:
             out, args, kwargs = call_quietly(fn, case)
         except NotImplementedError as exc:
             if i == 0:
-                return CheckResult(exercise.name, "not attempted",
-                                   [CaseResult(c.label, "not attempted") for c in cases])
-            results.append(CaseResult(case.label, "error",
-                                      f"raised NotImplementedError{_where_raised(exc)}"))
+                return [{"kind": "not attempted"}]
+            outcomes.append({"kind": "raised", "error": "NotImplementedError", "message": "",
+                             "where": _where_raised(exc)})
             continue
         except Exception as exc:  # noqa: BLE001 -- report the student's error, never crash
-            msg = f"raised {type(exc).__name__}: {exc}{_where_raised(exc)}"
-            results.append(CaseResult(case.label, "error", msg))
+            outcomes.append({"kind": "raised", "error": type(exc).__name__, "message": str(exc),
+                             "where": _where_raised(exc)})
             continue
         try:
-            ours = as_outputs(out, len(ref))
+            arrays = as_outputs(out, count)
         except BadOutput as exc:
-            results.append(CaseResult(case.label, "failed", str(exc)))
+            outcomes.append({"kind": "bad output", "message": str(exc)})
             continue
+        big = [a.shape for a in arrays if max_sizes is not None and a.size > max_sizes[i]]
+        if big:
+            outcomes.append({"kind": "bad output", "message": f"returned an array of shape "
+                             f"{big[0]}, far larger than the expected output"})
+            continue
+        outcomes.append({"kind": "returned", "outputs": arrays, "args": args, "kwargs": kwargs})
+    return outcomes
+
+
+def judge(exercise, cases, refs, outcomes):
+    """The verdict on the student's outcomes (`run_student`) against the reference's outputs
+    `refs` (`expected_outputs`): a CheckResult with a diagnosis for every wrong output."""
+    if outcomes and outcomes[0]["kind"] == "not attempted":
+        return CheckResult(exercise.name, "not attempted",
+                           [CaseResult(c.label, "not attempted") for c in cases])
+    results = []
+    for case, ref, outcome in zip(cases, refs, outcomes):
+        kind = outcome["kind"]
+        if kind == "raised":
+            message = f": {outcome['message']}" if outcome["message"] else ""
+            results.append(CaseResult(case.label, "error",
+                                      f"raised {outcome['error']}{message}{outcome['where']}"))
+            continue
+        if kind == "bad output":
+            results.append(CaseResult(case.label, "bad output", outcome["message"]))
+            continue
+        ours = outcome["outputs"]
         diff = compare(ours, ref, exercise.exact)
         if diff.same_shape and diff.rel <= TOLERANCE:
-            changed = _changed_inputs(exercise, case, args, kwargs)
+            changed = _changed_inputs(exercise, case, outcome["args"], outcome["kwargs"])
             if changed:
                 results.append(CaseResult(
                     case.label, "failed", f"the output is right, but the function changed its "
@@ -407,8 +463,21 @@ def run_checks(exercise, fn):
             continue
         results.append(CaseResult(case.label, "failed", diff.detail,
                                   diagnose(exercise, case, ours, ref, diff)))
-    status = "passed" if all(r.passed for r in results) else "failed"
+    if all(r.passed for r in results):
+        status = "passed"
+    elif any(r.status == "bad output" for r in results):
+        status = "bad output"
+    else:
+        status = "failed"
     return CheckResult(exercise.name, status, results)
+
+
+def run_checks(exercise, fn):
+    """Every case of `exercise` on `fn`, in this process; a CheckResult (no printing)."""
+    cases = exercise.make_cases()
+    refs = expected_outputs(exercise, cases)
+    outcomes = run_student(fn, cases, [len(r) for r in refs])
+    return judge(exercise, cases, refs, outcomes)
 
 
 def _changed_inputs(exercise, case, args, kwargs):

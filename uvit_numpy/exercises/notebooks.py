@@ -10,7 +10,11 @@ with `json`, so neither nbformat nor nbgrader is needed at run time.
   one broken cell does not hide the other exercises.
 * `release(source_dir, out_dir)` writes the student version of every notebook: each region between
   `### BEGIN SOLUTION` and `### END SOLUTION` becomes `raise NotImplementedError`, as nbgrader's
-  generate_assignment does, and all outputs are cleared.
+  generate_assignment does, and all outputs are cleared. The hand-out's README.md is the source
+  folder's README.student.md (the teacher's README.md stays behind).
+
+Cells are named as a reader finds them: "code cell 3" counts the code cells from 1, as Jupyter's
+execution counts do in a notebook run top to bottom, followed by the cell's first line.
 """
 
 import contextlib
@@ -25,6 +29,7 @@ from pathlib import Path
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
+STUDENT_README = "README.student.md"      # in the source folder; README.md in the hand-out
 PLACEHOLDER = ("# YOUR CODE HERE", "raise NotImplementedError")
 _CHECK_LINE = re.compile(r"^\s*(assert\s+)?(\w+\s*=\s*)?check\(")
 _MAGIC_LINE = re.compile(r"^\s*([%!]|get_ipython\()")
@@ -106,13 +111,11 @@ def strip_solutions(text):
 def student_version(nb, name="notebook"):
     """A copy of the notebook `nb` with solutions stripped and every output cleared."""
     nb = json.loads(json.dumps(nb))
-    for i, cell in enumerate(nb["cells"]):
-        if cell.get("cell_type") != "code":
-            continue
+    for number, cell in code_cells(nb):
         try:
             _set_source(cell, strip_solutions(cell_source(cell)))
         except ValueError as exc:
-            raise ValueError(f"{name}, cell {i}: {exc}") from exc
+            raise ValueError(f"{name}, {cell_label(number, cell_source(cell))}: {exc}") from exc
         cell["outputs"], cell["execution_count"] = [], None
     return nb
 
@@ -123,10 +126,12 @@ def default_source_dir():
     return here if here.is_dir() else Path.cwd() / "book" / "exercises"
 
 
-def release(source_dir, out_dir):
+def release(source_dir, out_dir, force=False):
     """Write the student version of every notebook in `source_dir` to `out_dir`; return paths.
 
-    README.md is copied along. Refuses to write into `source_dir` itself.
+    The source folder's README.student.md goes along as README.md. Refuses to write into
+    `source_dir` itself, and into a folder that already holds notebooks (or a README.md it would
+    replace) unless `force`.
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     notebooks = sorted(source_dir.glob("*.ipynb"))
@@ -135,13 +140,22 @@ def release(source_dir, out_dir):
     if out_dir.resolve() == source_dir.resolve():
         raise ValueError(f"release: {out_dir} is the source folder; choose another output folder "
                          "so the solutions are not overwritten")
+    readme = source_dir / STUDENT_README
+    if not force and out_dir.is_dir():
+        present = sorted(p.name for p in out_dir.glob("*.ipynb"))
+        if readme.exists() and (out_dir / "README.md").exists():
+            present.append("README.md")
+        if present:
+            shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+            raise ValueError(f"release: {out_dir} already holds {shown}; they would be "
+                             f"overwritten. Choose an empty folder, or pass --force to "
+                             f"overwrite them")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in notebooks:
         target = out_dir / path.name
         write_notebook(student_version(read_notebook(path), path.name), target)
         written.append(target)
-    readme = source_dir / "README.md"
     if readme.exists():
         shutil.copyfile(readme, out_dir / "README.md")
     return written
@@ -155,45 +169,114 @@ def _without_magics(text):
                      for line in text.splitlines())
 
 
+def cell_label(number, source):
+    """How a reader finds a cell: 'code cell 3 (`def layer_norm(x, weight, bias, eps=1e-5):`)'."""
+    first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    if len(first) > 60:
+        first = first[:57] + "..."
+    return f"code cell {number}" + (f" (`{first}`)" if first else " (empty)")
+
+
+def code_cells(nb):
+    """[(number, cell)] of the notebook's code cells, numbered from 1 in the order they appear."""
+    return list(enumerate((c for c in nb["cells"] if c.get("cell_type") == "code"), start=1))
+
+
+class _CappedText(io.TextIOBase):
+    """A text sink that keeps the first `limit` characters written to it and drops the rest, so
+    a cell that prints in a loop cannot fill the memory."""
+
+    def __init__(self, limit=1 << 16):
+        self.parts, self.left = [], limit
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        if self.left > 0:
+            self.parts.append(text[:self.left])
+            self.left -= len(self.parts[-1])
+        return len(text)
+
+
+_RAN = []          # not empty once this process has run a student's code (see student_code_ran)
+
+
+def student_code_ran():
+    """Has `load_namespace` run a student's code in this process? The grader then starts its
+    children from a fork server rather than by forking this process."""
+    return bool(_RAN)
+
+
 def _run(code, filename, namespace, errors, label):
     """Execute `code` in `namespace`, recording (not raising) any exception under `label`."""
+    _RAN[:] = [True]
     linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
-    sink = io.StringIO()
     try:
         compiled = compile(code, filename, "exec")
+    except SyntaxError as exc:
+        errors.append(syntax_error_message(exc, label))
+        return
+    sink = _CappedText()
+    try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             exec(compiled, namespace)  # noqa: S102 -- running the student's code is the point
     except Exception as exc:  # noqa: BLE001 -- a broken cell is reported, the others still run
-        frame = traceback.extract_tb(exc.__traceback__)[-1:] or [None]
-        where = f" (line {frame[0].lineno})" if frame[0] and frame[0].filename == filename else ""
+        own = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+        where = f", line {own[-1].lineno}" if own else ""
         errors.append(f"{label}{where}: {type(exc).__name__}: {exc}")
 
 
-def load_namespace(path):
+def syntax_error_message(exc, label):
+    """'code cell 3 (`...`), line 2: SyntaxError: expected ':': `def f(x)`'."""
+    text = f": `{exc.text.strip()}`" if exc.text and exc.text.strip() else ""
+    line = f", line {exc.lineno}" if exc.lineno else ""
+    return f"{label}{line}: {type(exc).__name__}: {exc.msg}{text}"
+
+
+def load_namespace(path, skip=(), on_cell=None):
     """Run the student's file at `path`; return (namespace, errors, filenames).
 
-    `filenames` are the names the code was compiled under, so callers can tell functions the file
-    defines from functions it imports. `errors` lists the cells (or the file) that raised.
+    `filenames` are the names the code was compiled under ("work.ipynb, code cell 3"), so
+    callers can tell functions the file defines from functions it imports. `errors` lists the
+    cells (or the file) that raised or did not compile. Cells whose labels are in `skip` are not
+    run (the grader skips a cell that ended its process); `on_cell(label)`, if given, is called
+    before each cell runs.
     """
     path = Path(path)
     namespace = {"__name__": "__student__", "__file__": str(path)}
     errors, filenames = [], set()
     os.environ.setdefault("MPLBACKEND", "Agg")
+    for label, filename, code in student_code(path):
+        filenames.add(filename)
+        if label in skip:
+            continue
+        if on_cell is not None:
+            on_cell(label)
+        _run(code, filename, namespace, errors, label)
+    return namespace, errors, filenames
+
+
+def student_code(path):
+    """[(label, filename, code)]: what `load_namespace` runs, in order.
+
+    For a notebook, every code cell that is not a check cell, magics and shell escapes replaced
+    by `pass` (so line numbers stay right); for a .py file, the file.
+    """
+    path = Path(path)
     if path.suffix == ".ipynb":
         nb = read_notebook(path)
-        for i, cell in enumerate(nb["cells"]):
-            if cell.get("cell_type") != "code" or is_check_cell(cell):
+        found = []
+        for number, cell in code_cells(nb):
+            if is_check_cell(cell):
                 continue
-            filename = f"{path} [cell {i}]"
-            filenames.add(filename)
-            _run(_without_magics(cell_source(cell)), filename, namespace, errors, f"cell {i}")
-    elif path.suffix == ".py":
-        filename = str(path)
-        filenames.add(filename)
-        _run(path.read_text(encoding="utf-8"), filename, namespace, errors, path.name)
-    else:
-        raise ValueError(f"{path}: expected a .py or .ipynb file")
-    return namespace, errors, filenames
+            source = cell_source(cell)
+            found.append((cell_label(number, source), f"{path}, code cell {number}",
+                          _without_magics(source)))
+        return found
+    if path.suffix == ".py":
+        return [(path.name, str(path), path.read_text(encoding="utf-8"))]
+    raise ValueError(f"{path}: expected a .py or .ipynb file")
 
 
 def defined_functions(namespace, filenames, names):
