@@ -407,7 +407,7 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
                     backend.export(model_dir, {"seed": seed, "steps": start,
                                            "seconds": round(elapsed, 1),
                                            "framework": backend.name, "dtype": dtype,
-                                           "command": command})
+                                           "command": meta.get("command", command)})
             return {"steps": start, "seconds": elapsed, "loss": None, "checkpoint": ckpt_path,
                     "model": model_dir}
         if start >= cfg["steps"]:
@@ -416,7 +416,8 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
     if is_main:
         os.makedirs(out, exist_ok=True)
         log = LossLog(os.path.join(out, "log.csv"), resume_step=start)
-    meta = {"config": cfg, "seed": seed, "dtype": dtype, "framework": backend.name}
+    meta = {"config": cfg, "seed": seed, "dtype": dtype, "framework": backend.name,
+            "command": command}
     last_good, window, row = start, [], None
     bar = _progress_bar(cfg, start, progress and is_main)
     for step in range(start + 1, cfg["steps"] + 1):
