@@ -113,8 +113,8 @@ def layer_norm_backward(dy, cache):
 
     With xhat = (x - mean) r, r = 1 / sqrt(var + eps) and g = dy * weight (means over C):
         dx = r (g - mean(g) - xhat mean(g xhat)),  dweight = sum dy xhat,  dbias = sum dy.
-    Both subtracted terms matter; the second vanishes for an all-ones dy, which is why tests use a
-    random one.
+    Both subtracted terms matter; with an all-ones dy and a unit weight g is constant over C and
+    the second vanishes (xhat has mean 0), which is why tests use a random dy.
     """
     xhat, rstd, weight, has_bias = cache
     g = dy if weight is None else dy * weight             # (..., C)
