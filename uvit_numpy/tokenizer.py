@@ -172,6 +172,15 @@ class KMeansTokenizer:
         check_range("KMeansTokenizer.decode: codes", codes, 0, self.codebook_size)
         return from_patches(self.codebook[codes], self.patch, self.pad)
 
+    def decode_partial(self, codes, mask_token_id, fill=0.0):
+        """Like `decode`, for a grid that still holds mask tokens (a MaskGIT step in progress):
+        masked patches are painted `fill` (0.0, mid grey on the [-1, 1] scale)."""
+        check_integer("KMeansTokenizer.decode_partial: codes", codes)
+        masked = codes == mask_token_id                                 # (N, h, w)
+        patches = self.codebook[np.where(masked, 0, codes)]            # (N, h, w, P*P)
+        patches = np.where(masked[..., None], np.float32(fill), patches)
+        return from_patches(patches, self.patch, self.pad)
+
     def save(self, path):
         """The codebook and its patching in one safetensors file."""
         from safetensors.numpy import save_file

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -244,14 +245,21 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 1
     labels = np.repeat(np.arange(10), args.per_class)
+    tic = time.perf_counter()
     images = sample_digits(digit_model, labels, args.seed, args.scheduler, args.steps,
                            args.guidance, args.temperature, args.eta)
+    seconds = time.perf_counter() - tic
     report = evaluate_images(images, labels, classifier)
+    report["sampling_seconds"] = seconds
+    report["seconds_per_100"] = 100 * seconds / len(labels)
+    report["backend"] = args.backend
+    report["threads"] = torch.get_num_threads()
     from uvit_numpy.sample import settings
     report["settings"] = settings(digit_model, args.scheduler, args.steps, args.guidance,
                                   args.temperature, args.eta)
     report["model"] = args.model
-    print(format_report(report, f"{args.model}: {len(labels)} samples, {report['settings']}"))
+    print(format_report(report, f"{args.model}: {len(labels)} samples in {seconds:.0f} s "
+                                f"({args.backend}), {report['settings']}"))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
