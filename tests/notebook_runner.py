@@ -19,6 +19,9 @@ def execute_notebook(path, timeout=120):
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # one BLAS thread per kernel: the book's arrays are small, and on a busy 2-core machine
+    # OpenBLAS's spinning worker threads made NumPy several times slower than one thread
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
