@@ -48,15 +48,9 @@ def _class_last(logits):
     return moved.reshape(-1, K)                           # (B*H*W, K)
 
 
-def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, return_cache=False):
-    """Mean cross-entropy over the positions whose target is not `ignore_index`.
-
-    logits: (N, K) or (B, K, *spatial) floating; target: (N,) or (B, *spatial) ints in [0, K) or
-    ignore_index. With p = softmax(logits) over K and smoothing e, each counted position adds
-        (1 - e) (-log p[target]) + e mean_k(-log p[k]),
-    and the sum is divided by the number of counted positions (torch's reduction="mean").
-    A batch in which every target is ignored gives nan, as torch does.
-    """
+def check_cross_entropy_inputs(logits, target, label_smoothing):
+    """Floating logits (N, K) or (B, K, *spatial), integer targets shaped like the logits without
+    their class axis, smoothing in [0, 1] (both packages check with this)."""
     check_floating("cross_entropy: logits", logits)
     check_integer("cross_entropy: target", target)
     expected = (logits.shape[0],) + tuple(logits.shape[2:])
@@ -66,6 +60,18 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, return
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: expected label_smoothing in [0, 1], got "
                          f"{label_smoothing}")
+
+
+def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, return_cache=False):
+    """Mean cross-entropy over the positions whose target is not `ignore_index`.
+
+    logits: (N, K) or (B, K, *spatial) floating; target: (N,) or (B, *spatial) ints in [0, K) or
+    ignore_index. With p = softmax(logits) over K and smoothing e, each counted position adds
+        (1 - e) (-log p[target]) + e mean_k(-log p[k]),
+    and the sum is divided by the number of counted positions (torch's reduction="mean").
+    A batch in which every target is ignored gives nan, as torch does.
+    """
+    check_cross_entropy_inputs(logits, target, label_smoothing)
     rows = _class_last(logits)                            # (N, K)
     t = target.reshape(-1)                                # (N,)
     K = rows.shape[1]

@@ -68,19 +68,21 @@ def folder_info(folder):
     return kind, training, sampling
 
 
-def load_digit_model(name_or_path, dtype=np.float32):
-    """Load a digit model (a shipped name or a folder) for NumPy sampling. Returns a DigitModel."""
+def load_digit_model(name_or_path, dtype=np.float32, classes=None):
+    """Load a digit model (a shipped name or a folder) for sampling. Returns a DigitModel.
+    classes: {"diffusion": UViT, "maskgit": UVit2DModel} of the package to load into (the NumPy
+    ones by default; `uvit_torch.sample` passes its own)."""
     from .tokenizer import KMeansTokenizer
-    from .uvit import UViT
-    from .uvit2d import UVit2DModel
+    if classes is None:
+        from .uvit import UViT
+        from .uvit2d import UVit2DModel
+        classes = {"diffusion": UViT, "maskgit": UVit2DModel}
     folder = resolve_folder(name_or_path)
     kind, training, sampling = folder_info(folder)
-    if kind == "diffusion":
-        return DigitModel(kind, UViT.from_pretrained(folder, dtype), training, sampling,
-                          folder=folder)
-    tokenizer = KMeansTokenizer.load(os.path.join(folder, TOKENIZER_NAME))
-    return DigitModel(kind, UVit2DModel.from_pretrained(folder, dtype), training, sampling,
-                      tokenizer, folder)
+    model = classes[kind].from_pretrained(folder, dtype)
+    tokenizer = (KMeansTokenizer.load(os.path.join(folder, TOKENIZER_NAME))
+                 if kind == "maskgit" else None)
+    return DigitModel(kind, model, training, sampling, tokenizer, folder)
 
 
 def settings(digit_model, scheduler=None, steps=None, guidance_scale=None, temperature=None,

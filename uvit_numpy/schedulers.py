@@ -134,12 +134,13 @@ def velocity(original_samples, noise, timesteps, alphas_cumprod):
 
 
 def training_target(original_samples, noise, timesteps, alphas_cumprod,
-                    prediction_type="epsilon"):
-    """What the network learns to output: the noise (epsilon), or v (`velocity`)."""
+                    prediction_type="epsilon", velocity_fn=None):
+    """What the network learns to output: the noise (epsilon), or v (`velocity`; the torch twin
+    passes its tensor version as `velocity_fn`)."""
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "v_prediction":
-        return velocity(original_samples, noise, timesteps, alphas_cumprod)
+        return (velocity_fn or velocity)(original_samples, noise, timesteps, alphas_cumprod)
     raise ValueError(f"training_target: expected prediction_type 'epsilon' or 'v_prediction', "
                      f"got {prediction_type!r}")
 

@@ -21,9 +21,9 @@ import os
 
 import numpy as np
 
-TOKENIZER_NAME = "tokenizer.safetensors"     # its file beside the model's weights in a folder
-
 from .checks import check_floating, check_integer, check_range, check_rank
+
+TOKENIZER_NAME = "tokenizer.safetensors"     # its file beside the model's weights in a folder
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,7 +210,8 @@ def psnr(images, reconstructions):
 
 def code_statistics(codes, codebook_size):
     """How unbalanced the codes are: {"top_share": the most frequent code's share of all codes,
-    "top_code", "used": how many codes occur, "perplexity": exp(entropy) of the code frequencies}."""
+    "top_code", "used": how many codes occur, "perplexity": exp(entropy) of the code
+    frequencies}."""
     freq = np.bincount(codes.reshape(-1), minlength=codebook_size) / codes.size
     nz = freq[freq > 0]
     return {"top_code": int(np.argmax(freq)), "top_share": float(freq.max()),

@@ -3,7 +3,8 @@ differentiates (`torch.nn.functional`'s own definitions)."""
 
 import torch.nn.functional as F
 
-from uvit_numpy.checks import check_floating, check_integer
+from uvit_numpy.checks import check_floating
+from uvit_numpy.losses import check_cross_entropy_inputs
 
 
 def mse_loss(input, target):
@@ -20,11 +21,6 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0):
 
     logits: (N, K) or (B, K, *spatial); target: (N,) or (B, *spatial) int64.
     """
-    check_floating("cross_entropy: logits", logits)
-    check_integer("cross_entropy: target", target)
-    expected = (logits.shape[0],) + tuple(logits.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"cross_entropy: expected target of shape {expected} for logits "
-                         f"{tuple(logits.shape)}, got {tuple(target.shape)}")
+    check_cross_entropy_inputs(logits, target, label_smoothing)
     return F.cross_entropy(logits, target, ignore_index=ignore_index,
                            label_smoothing=label_smoothing)

@@ -8,34 +8,24 @@ in torch, the noise is the same seeded NumPy noise, so both commands make the sa
 float rounding (masked-token decoding draws its uniforms from torch here).
 """
 
-import os
 import sys
 
 import numpy as np
 import torch
 
 from uvit_numpy.data import to_unit
-from uvit_numpy.sample import (TOKENIZER_NAME, DigitModel, build_parser, folder_info,
-                               maskgit_conditions, make_scheduler, resolve_folder, run_command,
-                               settings)
+from uvit_numpy.sample import build_parser, maskgit_conditions, make_scheduler, run_command
+from uvit_numpy.sample import load_digit_model as np_load_digit_model
+from uvit_numpy.sample import settings
 
 from . import schedulers
 
 
 def load_digit_model(name_or_path, dtype=torch.float32):
     """Load a digit model (a shipped name or a folder) as torch modules. Returns a DigitModel."""
-    from uvit_numpy.tokenizer import KMeansTokenizer
-
     from .uvit import UViT
     from .uvit2d import UVit2DModel
-    folder = resolve_folder(name_or_path)
-    kind, training, sampling = folder_info(folder)
-    if kind == "diffusion":
-        return DigitModel(kind, UViT.from_pretrained(folder, dtype), training, sampling,
-                          folder=folder)
-    tokenizer = KMeansTokenizer.load(os.path.join(folder, TOKENIZER_NAME))
-    return DigitModel(kind, UVit2DModel.from_pretrained(folder, dtype), training, sampling,
-                      tokenizer, folder)
+    return np_load_digit_model(name_or_path, dtype, {"diffusion": UViT, "maskgit": UVit2DModel})
 
 
 @torch.no_grad()

@@ -49,13 +49,9 @@ def velocity(original_samples, noise, timesteps, alphas_cumprod):
 
 def training_target(original_samples, noise, timesteps, alphas_cumprod,
                     prediction_type="epsilon"):
-    """What the network learns to output: the noise (epsilon), or v (`velocity`)."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return velocity(original_samples, noise, timesteps, alphas_cumprod)
-    raise ValueError(f"training_target: expected prediction_type 'epsilon' or 'v_prediction', "
-                     f"got {prediction_type!r}")
+    """What the network learns to output: the noise (epsilon), or v (`velocity`), for tensors."""
+    return _np.training_target(original_samples, noise, timesteps, alphas_cumprod,
+                               prediction_type, velocity_fn=velocity)
 
 
 def epsilon_mse(model_output, noise):
