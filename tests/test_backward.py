@@ -227,3 +227,14 @@ def test_zero_grad_forgets_forwards_never_differentiated():
     model(x, t, y)
     model.zero_grad()
     assert all(not m._tape for _, m in model.named_modules())
+
+
+def test_training_step_benchmark_runs(capsys):
+    """`python -m uvit_torch.bench --train`'s machinery at a tiny batch (its figures come from the
+    command, not from a test)."""
+    from uvit_torch.parity import bench
+    results = bench.run_train(repeats=1, batch=2, pause=0.0)
+    out = capsys.readouterr().out
+    assert "machine:" in out and out.count("NumPy / torch") == 2
+    for r in results.values():
+        assert r["numpy"] > 0 and r["torch"] > 0 and r["peak"] > 0
