@@ -404,7 +404,7 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
         if export_only:
             model_dir = os.path.join(out, "model")
             if is_main:
-                    backend.export(model_dir, {"seed": seed, "steps": start,
+                backend.export(model_dir, {"seed": seed, "steps": start,
                                            "seconds": round(elapsed, 1),
                                            "framework": backend.name, "dtype": dtype,
                                            "command": meta.get("command", command)})
