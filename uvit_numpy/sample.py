@@ -102,15 +102,16 @@ def settings(digit_model, scheduler=None, steps=None, guidance_scale=None, tempe
 
 def make_scheduler(name, diffusion_config, schedulers_module):
     """A sampler of `schedulers_module` (either package's) for the model's training schedule.
-    DDPM and DDIM clip their x0 estimate to the data range [-1, 1] (diffusers' default), which
-    keeps the first, noisiest steps from overshooting."""
+    DDPM and DDIM do not clip their x0 estimate (diffusers' default clips it to [-1, 1]; the U-ViT
+    paper never does): clipping x0 but not the noise estimate made the shipped v-prediction model's
+    DDIM samples far worse (measured: class accuracy 0.31 against 0.88 unclipped)."""
     cls = schedulers_module.SCHEDULERS[name]
     kw = dict(num_train_timesteps=diffusion_config["num_train_timesteps"],
               beta_schedule=diffusion_config["beta_schedule"],
               beta_start=diffusion_config["beta_start"], beta_end=diffusion_config["beta_end"],
               prediction_type=diffusion_config.get("prediction_type", "epsilon"))
     if name in ("ddpm", "ddim"):
-        kw["clip_sample"] = True
+        kw["clip_sample"] = False
     return cls(**kw)
 
 

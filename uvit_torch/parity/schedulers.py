@@ -9,8 +9,8 @@ from a seeded NumPy generator: ours through `variance_noise`, diffusers' DDPM (w
 argument) through its `randn_tensor`, patched for the loop.
 
 The cases cover the three beta schedules, the three timestep spacings, `steps_offset`, DDPM's two
-variances, DDIM with eta 0, 1/2 and 1, and DPM-Solver++ orders 1 and 2, midpoint and heun, with and
-without `lower_order_final`. Against diffusers the error floor is diffusers' own float32 schedule
+variances, DDIM with eta 0, 1/2 and 1, DPM-Solver++ orders 1 and 2, midpoint and heun, with and
+without `lower_order_final`, and v-prediction in all three. Against diffusers the error floor is diffusers' own float32 schedule
 tables (and DPM-Solver's float32 step): ~1e-7 to 1e-6 relative here, well under 1e-5, except on
 the cosine schedule from t = 999 (abar = 2.4e-9: DPM-Solver's x0 estimate divides by
 sqrt(abar) = 5e-5, which blows diffusers' float32 rounding up to ~1e-4), which the tests check
@@ -60,6 +60,12 @@ LOOPS = [
      dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="leading"), 15, None),
     ("DPM++ 2M cosine linspace 15 (from t=999)", "dpmsolver++",
      dict(beta_schedule="squaredcos_cap_v2"), 15, None),
+    # v-prediction (the shipped digits model's); the "network" then returns v for the same data
+    ("DDPM v-prediction leading 50, clip", "ddpm", dict(prediction_type="v_prediction"), 50,
+     None),
+    ("DDIM v-prediction leading 50, clip", "ddim", dict(prediction_type="v_prediction"), 50, 0.0),
+    ("DPM++ 2M v-prediction linspace 20", "dpmsolver++", dict(prediction_type="v_prediction"), 20,
+     None),
 ]
 DIFFUSERS_FLOOR_EXCEPTIONS = {"DPM++ 2M cosine linspace 15 (from t=999)": 2e-4}
 
@@ -75,6 +81,16 @@ def gaussian_eps(x, t, alphas_cumprod):
     return (1.0 - a) ** 0.5 * (x - a ** 0.5 * MU) / (a * SIGMA ** 2 + 1.0 - a)
 
 
+def gaussian_output(x, t, alphas_cumprod, prediction_type):
+    """The exact network output for that data: eps, or v = sqrt(a) eps - sqrt(1 - a) x0_hat."""
+    eps = gaussian_eps(x, t, alphas_cumprod)
+    if prediction_type == "epsilon":
+        return eps
+    a = float(alphas_cumprod[int(t)])
+    x0 = (x - (1.0 - a) ** 0.5 * eps) / a ** 0.5
+    return a ** 0.5 * eps - (1.0 - a) ** 0.5 * x0
+
+
 def run_loop(scheduler, x, steps, eta, noises, lib):
     """A full sampling loop. lib: "numpy" (x an array), "torch" (ours, x a tensor) or
     "diffusers" (x a tensor). noises: one array per step, used where a step adds noise."""
@@ -82,8 +98,9 @@ def run_loop(scheduler, x, steps, eta, noises, lib):
                             ("beta_schedule", "num_train_timesteps", "beta_start", "beta_end")})
     abar = np.cumprod(1.0 - abar)
     scheduler.set_timesteps(steps)
+    kind = scheduler.config["prediction_type"]
     for i, t in enumerate(scheduler.timesteps):
-        eps = gaussian_eps(x, t, abar)
+        eps = gaussian_output(x, t, abar, kind)
         kw = {}
         z = noises[i] if lib == "numpy" else torch.from_numpy(noises[i]).to(x.dtype)
         name = type(scheduler).__name__
