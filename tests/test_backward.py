@@ -238,3 +238,17 @@ def test_training_step_benchmark_runs(capsys):
     assert "machine:" in out and out.count("NumPy / torch") == 2
     for r in results.values():
         assert r["numpy"] > 0 and r["torch"] > 0 and r["peak"] > 0
+
+
+def test_fast_float32_gelu_and_its_gradient_against_the_plain_formulas():
+    """fast.py is the package's one speed trick; functional's plain formulas are its oracle."""
+    from uvit_numpy import fast
+    rng = np.random.default_rng(0)
+    x = (4 * rng.standard_normal((257, 33))).astype(np.float32)
+    x[0, :6] = [0.0, -0.0, 1e-9, -1e-9, 40.0, -40.0]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    assert np.max(np.abs(fast.gelu_float32(x) - F.gelu(x64))) <= 1e-6
+    grad = fast.gelu_grad_float32(x, dy)
+    assert grad.dtype == np.float32
+    assert np.max(np.abs(grad - F.gelu_backward(dy64, x64))) <= 1e-6 * np.max(np.abs(dy64))

@@ -433,11 +433,11 @@ def test_parity_report_options(capsys):
     pytest.importorskip("diffusers")
     assert parity.main(["--against-diffusers", "--only", "ConvMlmLayer"]) == 0
     out = capsys.readouterr().out
-    assert "ConvMlmLayer vs diffusers" in out and "diffus s" in out and "0 failed" in out
+    assert "ConvMlmLayer" in out and "diffs ms" in out and "0 failed" in out
     assert parity.main(["--config", "amused-256", "--only", "ConvMlmLayer", "--dtype",
                         "float32"]) == 0
     out = capsys.readouterr().out
-    assert "1x4x6x768" in out and "1x8192x4x6" in out and "0 failed" in out
+    assert "1x8192x4x6" in out and "0 failed" in out
 
 
 def test_bench_runs_on_the_tiny_config(capsys):

@@ -38,7 +38,8 @@ def linear(x, weight, bias=None, return_cache=False):
     check_dim("linear: x", x, -1, weight.shape[1], "in_features")
     y = x.reshape(-1, x.shape[-1]) @ weight.T             # (rows, in) @ (in, out) -> (rows, out)
     y = y.reshape(x.shape[:-1] + (weight.shape[0],))      # (rows, out) -> (..., out)
-    y = y if bias is None else y + bias
+    if bias is not None:
+        y += bias                                         # in place: y is the product's own array
     return (y, (x, weight, bias is not None)) if return_cache else y
 
 
@@ -95,12 +96,12 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, return_cache=False):
     mean = np.mean(x, axis=-1, keepdims=True)             # (..., 1)
     centred = x - mean                                    # (..., C)
     var = np.mean(centred * centred, axis=-1, keepdims=True)  # (..., 1), biased
-    std = np.sqrt(var + eps)                              # (..., 1)
-    xhat = centred / std
+    rstd = 1.0 / np.sqrt(var + eps)                       # (..., 1)
+    xhat = centred * rstd
     y = xhat if weight is None else xhat * weight
     if bias is not None:
-        y = y + bias
-    return (y, (xhat, 1.0 / std, weight, bias is not None)) if return_cache else y
+        y = y + bias if weight is None else np.add(y, bias, out=y)
+    return (y, (xhat, rstd, weight, bias is not None)) if return_cache else y
 
 
 def _sum_leading(a):

@@ -14,6 +14,7 @@ accumulates the parameter gradients and returns the gradient of its input.
 
 import numpy as np
 
+from . import fast
 from . import functional as F
 from .checks import check_dim, check_floating, check_rank
 from .module import Module, ModuleList, as_rng, uniform_init
@@ -161,7 +162,8 @@ class SiLU(Module):
 
 
 class GELU(Module):
-    """torch.nn.GELU: exact (erf) by default, `approximate="tanh"` for the tanh form."""
+    """torch.nn.GELU: exact (erf) by default, `approximate="tanh"` for the tanh form. float32 runs
+    the exact form through `fast.py` (an erf good to 1.5e-7, blocked); float64 through scipy."""
 
     def __init__(self, approximate="none", dtype=np.float32, rng=None):
         super().__init__(dtype)
@@ -171,10 +173,15 @@ class GELU(Module):
 
     def forward(self, x):
         x = to_module_dtype("GELU: x", x, self.dtype)
+        if self.approximate == "none" and x.dtype == np.float32:
+            return self._record(fast.gelu_float32(x) if x.ndim else F.gelu(x), x)
         return self._record(F.gelu(x, self.approximate), x)
 
     def backward(self, grad_out):
-        return F.gelu_backward(grad_out, self._recall(grad_out), self.approximate)
+        x = self._recall(grad_out)
+        if self.approximate == "none" and x.dtype == np.float32 and x.ndim:
+            return fast.gelu_grad_float32(x, grad_out.astype(np.float32, copy=False))
+        return F.gelu_backward(grad_out, x, self.approximate)
 
 
 class GEGLU(Module):
@@ -343,6 +350,7 @@ class QKVAttention(Module):
     `qkv` Linear(dim, 3 dim) (bias if qkv_bias), split on the feature axis as (3, nh, hd) in that
     order; softmax(q k^T * scale) v with scale = qk_scale or hd^-1/2; heads merged; `proj`
     Linear(dim, dim) with bias. `attn_drop` drops attention weights, `proj_drop` the output (train).
+    The softmax runs in place on the scores (the same arithmetic as `functional.softmax`).
     """
 
     def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0,
@@ -363,9 +371,13 @@ class QKVAttention(Module):
         check_rank("QKVAttention: x", x, 3, "(B, L, C)")
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)  # (B, L, 3, nh, hd)
-        q, k, v = qkv.transpose(2, 0, 3, 1, 4)            # 3 x (B, nh, L, hd)
-        scores = (q @ k.swapaxes(-1, -2)) * self.scale   # (B, nh, L, L)
-        probs = F.softmax(scores, axis=-1)
+        qkv = np.ascontiguousarray(qkv.transpose(2, 0, 3, 1, 4))  # (3, B, nh, L, hd), one copy
+        q, k, v = qkv                                     # 3 x (B, nh, L, hd), contiguous
+        probs = q @ k.swapaxes(-1, -2)                    # (B, nh, L, L) scores, then in place:
+        probs *= self.scale
+        probs -= probs.max(axis=-1, keepdims=True)        # the max first: exp cannot overflow
+        np.exp(probs, out=probs)
+        probs *= 1.0 / probs.sum(axis=-1, keepdims=True)  # softmax(scale q k^T), rows sum to 1
         weights = self.attn_drop(probs)
         out = F.merge_heads(weights @ v)                  # (B, nh, L, hd) -> (B, L, C)
         out = self.proj_drop(self.proj(out))
@@ -387,9 +399,11 @@ class QKVAttention(Module):
         dv = weights.swapaxes(-1, -2) @ d                              # (B, nh, L, hd)
         dweights = d @ v.swapaxes(-1, -2)                              # (B, nh, L, L)
         dscores = F.softmax_backward(self.attn_drop.backward(dweights), probs)
-        dq = (dscores @ k) * self.scale                                # (B, nh, L, hd)
-        dk = (dscores.swapaxes(-1, -2) @ q) * self.scale               # (B, nh, L, hd)
-        dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4)         # (B, L, 3, nh, hd)
+        dscores *= self.scale                                          # S = scale q k^T
+        dqkv = np.empty((B, L, 3, nh, hd), dtype=d.dtype)              # written in place:
+        dqkv[:, :, 0] = (dscores @ k).transpose(0, 2, 1, 3)            # dq (B, nh, L, hd)
+        dqkv[:, :, 1] = (dscores.swapaxes(-1, -2) @ q).transpose(0, 2, 1, 3)  # dk
+        dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)                       # dv
         return self.qkv.backward(dqkv.reshape(B, L, 3 * nh * hd))      # (B, L, 3C) -> (B, L, C)
 
 

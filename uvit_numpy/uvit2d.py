@@ -22,8 +22,9 @@ Numerics, said aloud:
   and the micro-condition sinusoid in float32 even in a float64 model; we don't);
 * GELU is the exact erf form. float64 uses `scipy.special.erf`; float32 uses the Abramowitz-Stegun
   7.1.26 rational approximation (|error| <= 1.5e-7, about float32's resolution near 1),
-  evaluated in cache-sized blocks with in-place ufuncs: scipy's erf in float32 would cost about as
-  much as all the other non-GEMM work of the forward together;
+  evaluated in cache-sized blocks with in-place ufuncs (`fast.py`, the package's one speed
+  trick): scipy's erf in float32 would cost about as much as all the other non-GEMM work of the
+  forward together;
 * every matmul goes through BLAS (`@`), and float32 stays float32 (Python-float constants only).
 
 Helpers meant for the book and the exercises: `erf_float32`, `gelu`, `geglu`,
@@ -44,6 +45,7 @@ import numpy as np
 from . import functional as F
 from .checks import (check_batch, check_dim, check_floating, check_integer, check_range,
                      check_rank, dtype_name, is_floating, is_integer)
+from .fast import erf_float32, gelu_float32, gelu_grad_float32  # noqa: F401 (erf: for the book)
 from . import layers
 from .layers import (GEGLU, Conv2d, ConvTranspose2d, Dropout, Embedding, GlobalResponseNorm,
                      LayerNorm, Linear, RMSNorm, SiLU, TimestepEmbedding, to_module_dtype)
@@ -174,74 +176,6 @@ def check_model_inputs(config, input_ids, encoder_hidden_states, pooled_text_emb
 # --------------------------------------------------------------------------------------------------
 # Pure functions, one idea each
 # --------------------------------------------------------------------------------------------------
-# Abramowitz & Stegun 7.1.26: erf(z) = 1 - (a1 t + ... + a5 t^5) exp(-z^2), t = 1/(1 + p z), z >= 0
-_AS_P = 0.3275911
-_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
-_AS_HALF_A = tuple(0.5 * a for a in _AS_A)  # erfc(z)/2 in one polynomial
-_CHUNK = 65536  # elements per in-place block: big enough to amortise the ufunc calls, small
-                # enough that the four block-sized arrays stay in cache
-
-
-def erf_float32(x):
-    """erf(x) by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7 (about one float32 ulp at 1).
-
-    x: any shape. Returns the same shape and dtype. Meant for float32; float64 callers should use
-    `scipy.special.erf`, which is exact to double precision.
-    """
-    check_floating("erf_float32: x", x)
-    z = np.abs(x)
-    t = 1.0 / (1.0 + _AS_P * z)
-    poly = t * (_AS_A[0] + t * (_AS_A[1] + t * (_AS_A[2] + t * (_AS_A[3] + t * _AS_A[4]))))
-    y = 1.0 - poly * np.exp(-z * z)
-    return np.copysign(y, x)
-
-
-def _gelu_float32_into(x, out, a, t, e):
-    """out = gelu(x) for a float32 block, using scratch arrays a, t, e of the same shape.
-
-    With z = |x|/sqrt(2) and q = erfc(z)/2 = poly(t) exp(-z^2)/2 (A&S 7.1.26), the normal CDF is
-    1 - q for x >= 0 and q for x < 0, so gelu(x) = x Phi(x) = max(x, 0) - |x| q, with no branch.
-    Every step writes into a preallocated array (`out=`): 19 passes over a chunk kept in cache.
-    """
-    np.abs(x, out=a)                                      # |x|
-    np.multiply(a, _AS_P / math.sqrt(2.0), out=t)
-    t += 1.0
-    np.reciprocal(t, out=t)                               # t = 1 / (1 + p |x| / sqrt 2)
-    np.multiply(a, a, out=e)
-    e *= -0.5
-    np.exp(e, out=e)                                      # exp(-x^2 / 2) = exp(-z^2)
-    np.multiply(t, _AS_HALF_A[4], out=out)                # Horner: poly(t) / 2 built in `out`
-    for coef in (_AS_HALF_A[3], _AS_HALF_A[2], _AS_HALF_A[1], _AS_HALF_A[0]):
-        out += coef
-        out *= t
-    out *= e                                              # q
-    out *= a                                              # |x| q
-    np.maximum(x, 0.0, out=a)
-    np.subtract(a, out, out=out)                          # max(x, 0) - |x| q
-
-
-def _gelu_float32(x, value=None):
-    """gelu(x), times `value` if given, for float32 x (..., F): row blocks of about _CHUNK values.
-
-    Multiplying by `value` inside the loop (GEGLU) saves a pass over memory. Returns a new
-    C-contiguous array shaped like x.
-    """
-    F_ = x.shape[-1]
-    x2 = x.reshape(-1, F_)                                # (..., F) -> (rows, F), a view if it can
-    v2 = None if value is None else value.reshape(-1, F_)  # (..., F) -> (rows, F)
-    rows = x2.shape[0]
-    out = np.empty((rows, F_), np.float32)
-    step = max(1, _CHUNK // max(F_, 1))                  # rows per block
-    a, t, e = (np.empty((min(step, rows), F_), np.float32) for _ in range(3))
-    for r in range(0, rows, step):
-        m = min(step, rows - r)
-        block = out[r:r + m]
-        _gelu_float32_into(x2[r:r + m], block, a[:m], t[:m], e[:m])
-        if v2 is not None:
-            block *= v2[r:r + m]
-    return out.reshape(x.shape)                          # (rows, F) -> x.shape
-
-
 def gelu(x):
     """Exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), in x's dtype. Same shape as x.
 
@@ -252,16 +186,15 @@ def gelu(x):
     check_floating("gelu: x", x)
     if x.dtype != np.float32:
         return F.gelu(x)
-    return _gelu_float32(x.reshape(1, 1)).reshape(()) if x.ndim == 0 else _gelu_float32(x)
+    return gelu_float32(x.reshape(1, 1)).reshape(()) if x.ndim == 0 else gelu_float32(x)
 
 
 def gelu_backward(dy, x):
-    """Gradient of `gelu` at x: dy (Phi(x) + x phi(x)), Phi from the same erf as the forward."""
+    """Gradient of `gelu` at x: dy (Phi(x) + x phi(x)), Phi from the same erf as the forward
+    (float32: `fast.gelu_grad_float32`; otherwise `functional.gelu_backward`)."""
     if x.dtype != np.float32:
         return F.gelu_backward(dy, x)
-    cdf = 0.5 * (1.0 + erf_float32(x * (1.0 / math.sqrt(2.0))))
-    pdf = np.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-    return dy * (cdf + x * pdf)
+    return gelu_grad_float32(x, dy.astype(np.float32, copy=False))
 
 
 def geglu(u):
@@ -275,7 +208,7 @@ def geglu(u):
     half = u.shape[-1] // 2
     value, gate = u[..., :half], u[..., half:]            # (..., 2F) -> 2 x (..., F)
     if u.dtype == np.float32:
-        return _gelu_float32(gate, value)
+        return gelu_float32(gate, value)
     return value * gelu(gate)
 
 
@@ -562,18 +495,8 @@ class Attention(layers.Attention):
 
 
 class GELU(layers.GELU):
-    """`layers.GELU` whose exact (erf) form runs through this module's `gelu` (fast in float32)."""
-
-    def forward(self, x):
-        x = to_module_dtype("GELU: x", x, self.dtype)
-        out = gelu(x) if self.approximate == "none" else F.gelu(x, self.approximate)
-        return self._record(out, x)
-
-    def backward(self, grad_out):
-        x = self._recall(grad_out)
-        if self.approximate == "none":
-            return gelu_backward(grad_out, x)
-        return F.gelu_backward(grad_out, x, self.approximate)
+    """`layers.GELU` (whose exact float32 form already runs through `fast.py`), under the name
+    aMUSEd's ConvNeXt block uses."""
 
 
 class AdaLayerNormContinuous(Module):
