@@ -152,8 +152,10 @@ def _timed(fn):
 
 
 def run(config="amused-256", threads=None, repeats=5, batch=1, grid=16, text_len=77,
-        with_diffusers=True, memory=True, seed=0, pause=0.25, out=sys.stdout):
-    """Run the benchmark and print the report; returns a dict of the figures."""
+        with_diffusers=True, memory=True, seed=0, pause=0.25, out=None):
+    """Run the benchmark and print the report (to `out`, standard output by default); returns a dict
+    of the figures."""
+    out = sys.stdout if out is None else out
     if threads:
         set_threads(threads)
     if with_diffusers:
@@ -328,9 +330,11 @@ def step_memory(step):
     return peak
 
 
-def run_train(threads=None, repeats=7, batch=64, pause=0.25, out=sys.stdout):
+def run_train(threads=None, repeats=7, batch=64, pause=0.25, out=None):
     """Time one training step of each model, NumPy against torch, interleaved; print the report
-    and return {model: {"numpy": median s, "torch": median s, "ratio": ..., "peak": bytes}}."""
+    (to `out`, standard output by default) and return
+    {model: {"numpy": median s, "torch": median s, "ratio": ..., "peak": bytes}}."""
+    out = sys.stdout if out is None else out
     if threads:
         set_threads(threads)
     print(machine(), file=out)
