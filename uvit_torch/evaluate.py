@@ -258,6 +258,7 @@ def main(argv=None):
     report["settings"] = settings(digit_model, args.scheduler, args.steps, args.guidance,
                                   args.temperature, args.eta)
     report["model"] = args.model
+    report["seed"] = args.seed
     print(format_report(report, f"{args.model}: {len(labels)} samples in {seconds:.0f} s "
                                 f"({args.backend}), {report['settings']}"))
     if args.json:
