@@ -46,7 +46,10 @@ TRAIN_CONFIGS = {
         batch_size=64, steps=40000, lr=5e-4, warmup_steps=100, weight_decay=0.03,
         betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
         checkpoint_every=500, log_every=25,
-        sampling=dict(scheduler="dpmsolver++", steps=20, guidance_scale=2.0)),
+        # chosen on the trained model (300 samples, DPM-Solver++ 20 steps): w = 1.0 / 1.25 /
+        # 1.5 / 2.0 gave class accuracy 0.937 / 0.977 / 0.993 / 0.997 and Frechet ratio
+        # 1.24 / 1.72 / 2.93 / 5.84: stronger guidance makes the digits alike
+        sampling=dict(scheduler="dpmsolver++", steps=20, guidance_scale=1.25)),
     # The shipped masked-token model: aMUSEd's UVit2DModel on 8x8 grids of k-means codes.
     "amused-digits": dict(
         task="maskgit",
