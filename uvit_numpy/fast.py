@@ -37,13 +37,10 @@ def erf_float32(x):
     return np.copysign(y, x)
 
 
-def _gelu_float32_into(x, out, a, t, e):
-    """out = gelu(x) for a float32 block, using scratch arrays a, t, e of the same shape.
-
-    With z = |x|/sqrt(2) and q = erfc(z)/2 = poly(t) exp(-z^2)/2 (A&S 7.1.26), the normal CDF is
-    1 - q for x >= 0 and q for x < 0, so gelu(x) = x Phi(x) = max(x, 0) - |x| q, with no branch.
-    Every step writes into a preallocated array (`out=`): 19 passes over a chunk kept in cache.
-    """
+def _half_erfc_float32_into(x, q, a, t, e):
+    """The A&S 7.1.26 core shared by the GELU and its derivative, for a float32 block x:
+    a = |x|, e = exp(-x^2 / 2) and q = erfc(|x| / sqrt 2) / 2 = poly(t) exp(-x^2 / 2) / 2 with
+    t = 1 / (1 + p |x| / sqrt 2), every step written into the preallocated arrays (`out=`)."""
     np.abs(x, out=a)                                      # |x|
     np.multiply(a, _AS_P / math.sqrt(2.0), out=t)
     t += 1.0
@@ -51,11 +48,21 @@ def _gelu_float32_into(x, out, a, t, e):
     np.multiply(a, a, out=e)
     e *= -0.5
     np.exp(e, out=e)                                      # exp(-x^2 / 2) = exp(-z^2)
-    np.multiply(t, _AS_HALF_A[4], out=out)                # Horner: poly(t) / 2 built in `out`
+    np.multiply(t, _AS_HALF_A[4], out=q)                  # Horner: poly(t) / 2 built in `q`
     for coef in (_AS_HALF_A[3], _AS_HALF_A[2], _AS_HALF_A[1], _AS_HALF_A[0]):
-        out += coef
-        out *= t
-    out *= e                                              # q
+        q += coef
+        q *= t
+    q *= e                                                # q = erfc(|x| / sqrt 2) / 2
+
+
+def _gelu_float32_into(x, out, a, t, e):
+    """out = gelu(x) for a float32 block, using scratch arrays a, t, e of the same shape.
+
+    With z = |x|/sqrt(2) and q = erfc(z)/2 = poly(t) exp(-z^2)/2 (A&S 7.1.26), the normal CDF is
+    1 - q for x >= 0 and q for x < 0, so gelu(x) = x Phi(x) = max(x, 0) - |x| q, with no branch.
+    Every step writes into a preallocated array (`out=`): 19 passes over a chunk kept in cache.
+    """
+    _half_erfc_float32_into(x, out, a, t, e)              # out = q, a = |x|
     out *= a                                              # |x| q
     np.maximum(x, 0.0, out=a)
     np.subtract(a, out, out=out)                          # max(x, 0) - |x| q
@@ -88,18 +95,7 @@ def gelu_float32(x, value=None):
 def _cdf_pdf_float32_into(x, cdf, pdf, a, t):
     """Phi(x) into `cdf` and x phi(x) into `pdf` for a float32 block (scratch a, t): the pieces
     of the GELU derivative Phi(x) + x phi(x), with the same A&S erf as the forward."""
-    np.abs(x, out=a)                                      # |x|
-    np.multiply(a, _AS_P / math.sqrt(2.0), out=t)
-    t += 1.0
-    np.reciprocal(t, out=t)                               # t = 1 / (1 + p |x| / sqrt 2)
-    np.multiply(x, x, out=pdf)
-    pdf *= -0.5
-    np.exp(pdf, out=pdf)                                  # exp(-x^2 / 2)
-    np.multiply(t, _AS_HALF_A[4], out=cdf)
-    for coef in (_AS_HALF_A[3], _AS_HALF_A[2], _AS_HALF_A[1], _AS_HALF_A[0]):
-        cdf += coef
-        cdf *= t
-    cdf *= pdf                                            # q = erfc(|x| / sqrt 2) / 2
+    _half_erfc_float32_into(x, cdf, a, t, pdf)            # cdf = q, pdf = exp(-x^2 / 2)
     np.subtract(0.5, cdf, out=a)
     np.copysign(a, x, out=a)
     np.add(a, 0.5, out=cdf)                 # Phi(x) = 0.5 + sign(x) (0.5 - q): 1 - q or q, no branch
