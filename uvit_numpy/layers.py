@@ -44,8 +44,7 @@ class Linear(Module):
     def backward(self, grad_out):
         """grad_out: (..., out_features) -> dx (..., in_features)."""
         dx, dw, db = F.linear_backward(grad_out, self._recall(grad_out))
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
+        self.accumulate_grads(weight=dw, bias=db)
         return dx
 
     def extra_repr(self):
@@ -67,7 +66,7 @@ class Embedding(Module):
 
     def backward(self, grad_out):
         """Accumulates the table's gradient; ids take none, so this returns None."""
-        self._accumulate("weight", F.embedding_backward(grad_out, self._recall(grad_out)))
+        self.accumulate_grads(weight=F.embedding_backward(grad_out, self._recall(grad_out)))
         return None
 
     def extra_repr(self):
@@ -77,8 +76,7 @@ class Embedding(Module):
 def _norm_backward(module, backward_fn, grad_out):
     """A norm layer's backward: dx, with the weight and bias gradients accumulated."""
     dx, dw, db = backward_fn(grad_out, module._recall(grad_out))
-    module._accumulate("weight", dw)
-    module._accumulate("bias", db)
+    module.accumulate_grads(weight=dw, bias=db)
     return dx
 
 
@@ -145,8 +143,7 @@ class GlobalResponseNorm(Module):
 
     def backward(self, grad_out):
         dx, dgamma, dbeta = F.global_response_norm_backward(grad_out, self._recall(grad_out))
-        self._accumulate("gamma", dgamma)
-        self._accumulate("beta", dbeta)
+        self.accumulate_grads(gamma=dgamma, beta=dbeta)
         return dx
 
 
@@ -250,8 +247,7 @@ class Conv2d(Module):
     def backward(self, grad_out):
         """grad_out: (B, O, Ho, Wo) -> dx (B, C, H, W)."""
         dx, dw, db = F.conv2d_backward(grad_out, self._recall(grad_out))
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
+        self.accumulate_grads(weight=dw, bias=db)
         return dx
 
     def extra_repr(self):
@@ -282,8 +278,7 @@ class ConvTranspose2d(Module):
     def backward(self, grad_out):
         """grad_out: (B, O, Ho, Wo) -> dx (B, C, H, W)."""
         dx, dw, db = F.conv_transpose2d_backward(grad_out, self._recall(grad_out))
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
+        self.accumulate_grads(weight=dw, bias=db)
         return dx
 
 

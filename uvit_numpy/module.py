@@ -16,6 +16,14 @@ accumulate over calls, as torch's `.grad`) and returns the gradient of the forwa
 inputs. `zero_grad()` clears the gradients and any record a backward never took. In eval mode
 nothing is recorded, and backward is an error.
 
+**One rule for every module.** A module computes only by calling its children (layers, blocks)
+and the pure functions of `functional` (each with its `*_backward`); its `backward` calls its
+children's `backward` in the reverse order of its forward calls. Only a module's *own*
+parameters (the arrays it holds itself, e.g. a Linear's weight or U-ViT's `pos_embed`) get their
+gradients from its own backward, through `accumulate_grads(name=gradient)`; no module reads a
+child's weights or adds gradients into a child. A tensor used twice (a residual, a long skip,
+self-attention's q, k and v) gets the sum of its gradients, said on one commented line.
+
 Every module is built in one dtype (`dtype=np.float32` by default; float64 for exact parity runs)
 and computes in it. Random initialisation draws from an explicit `np.random.Generator` (`rng=`), so
 one seed reproduces a whole model.
@@ -104,13 +112,19 @@ class Module:
         self._tape.pop()
         return cache
 
-    def _accumulate(self, name, grad):
-        """Add `grad` into the gradient of parameter `name` (None: the parameter is absent)."""
-        if grad is None:
-            return
-        grad = np.asarray(grad, dtype=self.dtype).reshape(self._parameters[name].shape)
-        old = self._grads.get(name)
-        self._grads[name] = grad.copy() if old is None else old + grad
+    def accumulate_grads(self, **grads):
+        """Add gradients into this module's own parameters, by name:
+        `self.accumulate_grads(weight=dw, bias=db)`. A None gradient (an absent parameter, such as
+        a bias=False layer's bias) is skipped. Called by a module's own `backward` only."""
+        for name, grad in grads.items():
+            if grad is None:
+                continue
+            if name not in self._parameters:
+                raise KeyError(f"{type(self).__name__}.accumulate_grads: no parameter {name!r} "
+                               f"(own parameters: {sorted(self._parameters)})")
+            grad = np.asarray(grad, dtype=self.dtype).reshape(self._parameters[name].shape)
+            old = self._grads.get(name)
+            self._grads[name] = grad.copy() if old is None else old + grad
 
     def grads(self):
         """`{dotted.name: gradient}` with exactly the keys and shapes of `state_dict()`; a

@@ -540,7 +540,7 @@ class UViT(Module):
         """d tokens (B, extras + L, D) -> dx (B, C, H, W); pos_embed gets the batch sum, the label
         table and the time MLP (if any) their shares; timesteps and labels take no gradient."""
         _, has_label = self._recall(grad_out)
-        self._accumulate("pos_embed", grad_out.sum(axis=0, keepdims=True))
+        self.accumulate_grads(pos_embed=grad_out.sum(axis=0, keepdims=True))
         first = 0
         if has_label:
             self.label_emb.backward(grad_out[:, 0])        # the label token's row
@@ -616,7 +616,7 @@ class UViTText(UViT):
     def embed_backward(self, grad_out):
         """d tokens (B, 1 + S + L, D) -> (dx (B, C, H, W), d context (B, S, clip_dim))."""
         self._recall(grad_out)
-        self._accumulate("pos_embed", grad_out.sum(axis=0, keepdims=True))
+        self.accumulate_grads(pos_embed=grad_out.sum(axis=0, keepdims=True))
         if self.time_embed is not None:
             self.time_embed.backward(grad_out[:, 0])       # (B, D): the time token
         dcontext = self.context_embed.backward(grad_out[:, 1:self.extras])  # (B, S, D) -> clip

@@ -440,8 +440,7 @@ def _conv_nhwc_backward(conv, dy):
 def _accumulate_linear(module, dweight, dbias):
     """Add a functional backward's weight and bias gradients into a Linear/Conv2d module (a 1x1
     conv's (O, C) weight gradient is reshaped to (O, C, 1, 1))."""
-    module._accumulate("weight", dweight)
-    module._accumulate("bias", dbias)
+    module.accumulate_grads(weight=dweight, bias=dbias)
 
 
 # --------------------------------------------------------------------------------------------------
