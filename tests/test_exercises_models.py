@@ -9,7 +9,7 @@ checker uses; the decoding step must agree exactly.
 import numpy as np
 import pytest
 
-from uvit_numpy import layers, uvit, uvit2d
+from uvit_numpy import layers, maskgit, uvit, uvit2d
 from uvit_numpy.exercises import EXERCISES
 
 TOL = 1e-12
@@ -68,7 +68,7 @@ def test_masked_decoding_step_is_the_package_step():
     for case in cases:
         logits, tokens, step, num_steps, mask_id, temperature, u_sample, u_gumbel = case.args
         ours = ex.reference(*case.args)
-        theirs = uvit2d.masked_decoding_step(logits, tokens, step, num_steps, mask_id,
+        theirs = maskgit.masked_decoding_step(logits, tokens, step, num_steps, mask_id,
                                              temperature=temperature,
                                              noise=(u_sample, u_gumbel))
         for a, b in zip(ours, theirs):

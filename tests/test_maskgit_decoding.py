@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+import uvit_numpy.maskgit as NM
 import uvit_numpy.uvit2d as N
-import uvit_torch.uvit2d as T
+import uvit_torch.maskgit as TM
 
 amused = pytest.importorskip("diffusers.schedulers.scheduling_amused")
 MASK = 999
@@ -26,7 +27,7 @@ def _patch_draws(monkeypatch, u_sample, u_gumbel, K):
         return (cdf < u).sum(-1, keepdim=True).clamp(max=K - 1)
     monkeypatch.setattr(torch, "multinomial", multinomial)
     monkeypatch.setattr(amused, "gumbel_noise",
-                        lambda t, generator=None: torch.from_numpy(N.gumbel_noise(u_gumbel))
+                        lambda t, generator=None: torch.from_numpy(NM.gumbel_noise(u_gumbel))
                         .to(t.dtype))
 
 
@@ -43,7 +44,7 @@ def test_masked_count_equals_the_scheduler_for_every_step_count(L):
         for step in range(n - 1):
             out = sched.step(logits, sched.timesteps[step], sample).prev_sample
             theirs = int((out == MASK).sum())
-            ours = max(1, min(L - 1, N.masked_count(L, step, n)))
+            ours = max(1, min(L - 1, NM.masked_count(L, step, n)))
             if ours != theirs:
                 mismatches.append((n, step, ours, theirs))
     assert not mismatches, f"L={L}: (steps, step, ours, scheduler's) {mismatches[:5]}"
@@ -51,9 +52,9 @@ def test_masked_count_equals_the_scheduler_for_every_step_count(L):
 
 def test_masked_count_at_the_cosine_half_point():
     """The case that float64 gets wrong: step index 7 of 12 lands on cos(pi/3) = 0.5."""
-    assert N.masked_count(256, 7, 12) == 127
-    assert N.masked_count(64, 7, 12) == 31
-    assert np.floor(256 * N.mask_schedule(8 / 12)) == 128     # float64: one more
+    assert NM.masked_count(256, 7, 12) == 127
+    assert NM.masked_count(64, 7, 12) == 31
+    assert np.floor(256 * NM.mask_schedule(8 / 12)) == 128     # float64: one more
 
 
 @pytest.mark.parametrize("num_steps", [12, 24])
@@ -65,8 +66,8 @@ def test_whole_decode_equals_the_scheduler(monkeypatch, num_steps, side):
     rng = np.random.default_rng(num_steps * 100 + side)
     sched = amused.AmusedScheduler(mask_token_id=MASK)
     sched.set_timesteps(num_steps, temperature=(2.0, 0.0))
-    temps = N.decoding_temperatures(sched.temperatures.numpy(), num_steps)
-    assert np.allclose(temps, N.decoding_temperatures((2.0, 0.0), num_steps), rtol=0, atol=3e-7)
+    temps = NM.decoding_temperatures(sched.temperatures.numpy(), num_steps)
+    assert np.allclose(temps, NM.decoding_temperatures((2.0, 0.0), num_steps), rtol=0, atol=3e-7)
     ours = np.full((B, side, side), MASK)
     ours_t = torch.from_numpy(ours.copy())
     theirs = torch.from_numpy(ours.copy())
@@ -75,9 +76,9 @@ def test_whole_decode_equals_the_scheduler(monkeypatch, num_steps, side):
         noise = (rng.random((B, L)), rng.random((B, L)))
         _patch_draws(monkeypatch, *noise, K)
         theirs = sched.step(torch.from_numpy(logits), sched.timesteps[step], theirs).prev_sample
-        ours, _ = N.masked_decoding_step(logits, ours, step, num_steps, MASK,
+        ours, _ = NM.masked_decoding_step(logits, ours, step, num_steps, MASK,
                                          temperature=float(temps[step]), noise=noise)
-        ours_t, _ = T.masked_decoding_step(torch.from_numpy(logits), ours_t, step, num_steps,
+        ours_t, _ = TM.masked_decoding_step(torch.from_numpy(logits), ours_t, step, num_steps,
                                            MASK, temperature=float(temps[step]),
                                            noise=tuple(torch.from_numpy(u) for u in noise))
         assert np.array_equal(ours, theirs.numpy()), f"step {step} of {num_steps} on {side}^2"
@@ -101,7 +102,7 @@ def test_generate_equals_the_scheduler_driven_by_the_same_model(monkeypatch, num
     noise = [(rng.random((B, L)), rng.random((B, L))) for _ in range(num_steps)]
     sched = amused.AmusedScheduler(mask_token_id=mask)
     sched.set_timesteps(num_steps, temperature=(2.0, 0.0))
-    ours, history = N.generate(model, ehs, pooled, micro, side, side, num_steps=num_steps,
+    ours, history = NM.generate(model, ehs, pooled, micro, side, side, num_steps=num_steps,
                                temperature=sched.temperatures.numpy(), guidance_scale=4.0,
                                negative_encoder_hidden_states=neg_ehs,
                                negative_pooled_text_emb=neg_pooled, noise=noise,

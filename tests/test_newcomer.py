@@ -31,10 +31,10 @@ def test_uvit_port_given_numpy_arrays_says_so():
 
 def test_decoding_functions_given_numpy_arrays_say_so():
     with pytest.raises(TypeError, match="masked_decoding_step: logits: " + NUMPY_MESSAGE):
-        T.uvit2d.masked_decoding_step(np.zeros((1, 4, 2, 2)), torch.zeros(1, 2, 2).long(), 0, 2, 9)
+        T.maskgit.masked_decoding_step(np.zeros((1, 4, 2, 2)), torch.zeros(1, 2, 2).long(), 0, 2, 9)
     model = T.UVit2DModel.from_config("tiny")
     with pytest.raises(TypeError, match="generate: encoder_hidden_states: " + NUMPY_MESSAGE):
-        T.uvit2d.generate(model, np.zeros((1, 3, 24), np.float32), torch.zeros(1, 24),
+        T.maskgit.generate(model, np.zeros((1, 3, 24), np.float32), torch.zeros(1, 24),
                           torch.zeros(1, 5), 4, 4, num_steps=2)
 
 

@@ -14,8 +14,11 @@ import torch
 from scipy.special import erf
 
 import uvit_numpy.functional as NF
+import uvit_numpy.maskgit as NM
 import uvit_numpy.uvit2d as N
+import uvit_torch.maskgit as TM
 import uvit_torch.uvit2d as T
+from uvit_numpy.fast import erf_float32
 from uvit_torch.parity.uvit2d import micro_conds, model_inputs
 from uvit_torch.parity.harness import make_pair, numpy_state_dict, to_torch
 
@@ -274,13 +277,14 @@ def test_float32_gelu_and_erf_are_accurate():
     """A&S 7.1.26 erf: |error| <= 1.5e-7. The float32 GELU built on it is within 1.5e-7 x
     max(|x|, 1) of the exact GELU of the same float32 input (torch's own float32 GELU: 3.5e-7)."""
     x = np.linspace(-9, 9, 200_001)
-    assert np.abs(N.erf_float32(x) - erf(x)).max() <= 1.5e-7
+    assert np.abs(erf_float32(x) - erf(x)).max() <= 1.5e-7
     x32 = x.astype(np.float32)
     exact = 0.5 * x32.astype(np.float64) * (1 + erf(x32.astype(np.float64) / math.sqrt(2)))
-    g32 = N.gelu(x32)
+    g32 = NF.gelu(x32)
     assert g32.dtype == np.float32
     assert (np.abs(g32 - exact) <= 1.5e-7 * np.maximum(np.abs(x32), 1)).all()
-    assert np.array_equal(N.gelu(x), NF.gelu(x))             # float64: scipy's exact erf
+    exact64 = 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    np.testing.assert_allclose(NF.gelu(x), exact64, rtol=0, atol=1e-15)  # float64: scipy
 
 
 def test_conv_helpers_match_the_general_convolutions():
@@ -288,20 +292,20 @@ def test_conv_helpers_match_the_general_convolutions():
     x = rng.standard_normal((2, 5, 7, 6))                    # (B, H, W, C), odd sides
     w3, b = rng.standard_normal((6, 1, 3, 3)), rng.standard_normal(6)
     ref = NF.conv2d(x.transpose(0, 3, 1, 2), w3, b, padding=1, groups=6).transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(N.depthwise_conv3x3(x, w3, b), ref, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(NF.depthwise_conv3x3(x, w3, b), ref, rtol=0, atol=1e-13)
     w2 = rng.standard_normal((4, 6, 2, 2))
-    xp = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0))).transpose(0, 3, 1, 2)
-    ref = NF.conv2d(xp, w2, stride=2).transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(N.downsample_2x2(x, w2), ref, rtol=0, atol=1e-13)
+    for xs in (x, np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))):  # odd sides: the last row unread
+        ref = NF.conv2d(xs.transpose(0, 3, 1, 2), w2, stride=2).transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(NF.downsample_2x2(xs, w2), ref, rtol=0, atol=1e-13)
     wt = rng.standard_normal((6, 4, 2, 2))
     ref = NF.conv_transpose2d(x.transpose(0, 3, 1, 2), wt, b[:4], stride=2).transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(N.upsample_2x2(x, wt, b[:4]), ref, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(NF.upsample_2x2(x, wt, b[:4]), ref, rtol=0, atol=1e-13)
 
 
 def test_micro_conditioning_layout():
     """Per sample: [phi(m_0) ... phi(m_M-1)], phi = [cos(m f), sin(m f)], f_k = 1e4^(-k/half)."""
     mc = micro_conds(2, 5)
-    emb = N.micro_conditioning(mc, 2, 8, np.float64)
+    emb = NF.micro_conditioning(mc, 2, 8, np.float64)
     assert emb.shape == (2, 40) and emb.dtype == np.float64
     f = 10000.0 ** (-np.arange(4) / 4)
     for b in range(2):
@@ -309,20 +313,23 @@ def test_micro_conditioning_layout():
             piece = emb[b, 8 * m:8 * (m + 1)]
             np.testing.assert_allclose(piece, np.r_[np.cos(mc[b, m] * f), np.sin(mc[b, m] * f)],
                                        rtol=0, atol=1e-12)
-    assert N.micro_conditioning(mc, 2, 8, np.float32).dtype == np.float32
+    assert NF.micro_conditioning(mc, 2, 8, np.float32).dtype == np.float32
 
 
-def test_adaptive_modulation_and_scale_shift():
+def test_adaptive_modulation_and_the_adaptive_norm():
     rng = np.random.default_rng(1)
     x, cond = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 6))
-    w = rng.standard_normal((10, 6))
-    scale, shift = N.scale_shift(cond, w)
-    m = (cond / (1 + np.exp(-cond))) @ w.T                   # silu, then the linear map
-    np.testing.assert_allclose(scale, m[:, :5], atol=1e-14)
-    np.testing.assert_allclose(shift, m[:, 5:], atol=1e-14)
-    y = N.adaptive_modulation(x, scale, shift)
+    scale, shift = rng.standard_normal((2, 5)), rng.standard_normal((2, 5))
+    y = NF.adaptive_modulation(x, scale, shift)
     for b in range(2):
         np.testing.assert_allclose(y[b], x[b] * (1 + scale[b]) + shift[b], atol=1e-14)
+    # AdaLayerNormContinuous: (scale, shift) = linear(silu(cond)), scale first, on norm(x)
+    norm = N.AdaLayerNormContinuous(5, 6, eps=1e-6, norm_type="rms_norm", dtype=np.float64, rng=2)
+    tokens = x.reshape(2, 12, 5)
+    m = (cond / (1 + np.exp(-cond))) @ norm.linear.weight.T + norm.linear.bias
+    xhat = tokens / np.sqrt((tokens ** 2).mean(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(norm(tokens, cond), xhat * (1 + m[:, None, :5]) + m[:, None, 5:],
+                               atol=1e-13)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,8 +347,8 @@ def _step_inputs(seed, B=2, K=32, H=4, W=6, masked=0.7, mask_id=39):
 @pytest.mark.parametrize("step", [0, 2, 4, 5])
 def test_decoding_step_numpy_vs_torch(step):
     logits, tokens, noise = _step_inputs(step)
-    ours = N.masked_decoding_step(logits, tokens, step, 6, 39, temperature=1.5, noise=noise)
-    theirs = T.masked_decoding_step(torch.from_numpy(logits), torch.from_numpy(tokens), step, 6,
+    ours = NM.masked_decoding_step(logits, tokens, step, 6, 39, temperature=1.5, noise=noise)
+    theirs = TM.masked_decoding_step(torch.from_numpy(logits), torch.from_numpy(tokens), step, 6,
                                     39, temperature=1.5,
                                     noise=tuple(torch.from_numpy(u) for u in noise))
     for a, b in zip(ours, theirs):
@@ -363,13 +370,13 @@ def test_decoding_step_matches_diffusers_amused_scheduler(monkeypatch, step, num
 
     monkeypatch.setattr(torch, "multinomial", multinomial)
     monkeypatch.setattr(amused, "gumbel_noise",
-                        lambda t, generator=None: torch.from_numpy(N.gumbel_noise(u_gumbel)))
+                        lambda t, generator=None: torch.from_numpy(NM.gumbel_noise(u_gumbel)))
     scheduler = amused.AmusedScheduler(mask_token_id=39)
     scheduler.set_timesteps(num_steps, temperature=(2.0, 0.5))
     timestep = scheduler.timesteps[step]
     expected = scheduler.step(torch.from_numpy(logits), timestep, torch.from_numpy(tokens))
     temperature = float(scheduler.temperatures[step])
-    ours = N.masked_decoding_step(logits, tokens, step, num_steps, 39, temperature=temperature,
+    ours = NM.masked_decoding_step(logits, tokens, step, num_steps, 39, temperature=temperature,
                                   noise=(u_sample, u_gumbel))
     assert np.array_equal(ours[0], expected.prev_sample.numpy())
     assert np.array_equal(ours[1], expected.pred_original_sample.numpy())
@@ -379,11 +386,11 @@ def test_decoding_step_keeps_the_schedule():
     logits, tokens, _ = _step_inputs(3, masked=1.1)           # everything masked
     L = tokens[0].size
     for step in range(5):
-        nxt, pred = N.masked_decoding_step(logits, tokens, step, 6, 39, rng=step)
+        nxt, pred = NM.masked_decoding_step(logits, tokens, step, 6, 39, rng=step)
         assert (pred != 39).all()
         n_masked = (nxt == 39).reshape(2, -1).sum(1)
-        assert (n_masked == max(1, N.masked_count(L, step, 6))).all()
-    final, _ = N.masked_decoding_step(logits, tokens, 5, 6, 39, rng=0)
+        assert (n_masked == max(1, NM.masked_count(L, step, 6))).all()
+    final, _ = NM.masked_decoding_step(logits, tokens, 5, 6, 39, rng=0)
     assert (final != 39).all()
 
 
@@ -398,11 +405,11 @@ def test_generate_numpy_vs_torch(guidance):
     mc = micro_conds(2, 5)
     noise = [(rng.random((2, 16)), rng.random((2, 16))) for _ in range(4)]
     kw = dict(num_steps=4, guidance_scale=guidance)
-    out, hist = N.generate(ours, ehs, pooled, mc, 4, 4, negative_encoder_hidden_states=neg_ehs,
+    out, hist = NM.generate(ours, ehs, pooled, mc, 4, 4, negative_encoder_hidden_states=neg_ehs,
                            negative_pooled_text_emb=neg_pooled, noise=noise,
                            return_history=True, **kw)
     tt = to_torch
-    out_t, hist_t = T.generate(theirs, tt(ehs), tt(pooled), tt(mc), 4, 4,
+    out_t, hist_t = TM.generate(theirs, tt(ehs), tt(pooled), tt(mc), 4, 4,
                                negative_encoder_hidden_states=tt(neg_ehs),
                                negative_pooled_text_emb=tt(neg_pooled),
                                noise=[tuple(map(tt, n)) for n in noise], return_history=True, **kw)
@@ -418,10 +425,10 @@ def test_generate_runs_on_float32_from_a_seed():
     rng = np.random.default_rng(0)
     args = (rng.standard_normal((1, 3, 24)).astype(np.float32),
             rng.standard_normal((1, 24)).astype(np.float32), micro_conds(1, 5, np.float32))
-    a = N.generate(model, *args, 4, 6, num_steps=3, rng=7)
-    b = N.generate(model, *args, 4, 6, num_steps=3, rng=7)
+    a = NM.generate(model, *args, 4, 6, num_steps=3, rng=7)
+    b = NM.generate(model, *args, 4, 6, num_steps=3, rng=7)
     assert np.array_equal(a, b) and (a != 39).all()
-    assert not np.array_equal(a, N.generate(model, *args, 4, 6, num_steps=3, rng=8))
+    assert not np.array_equal(a, NM.generate(model, *args, 4, 6, num_steps=3, rng=8))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """uvit_numpy: the NumPy reference of the U-ViT family (NumPy and SciPy only, never torch)."""
 
-from . import functional
+from . import functional, maskgit
 from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
                      GlobalResponseNorm, LayerNorm, Linear, QKVAttention, RMSNorm, SiLU,
                      TimestepEmbedding)
@@ -11,8 +11,8 @@ from .uvit2d import (AdaLayerNormContinuous, BasicTransformerBlock, ConvMlmLayer
                      UVit2DConvEmbed, UVit2DModel, UVitBlock)
 
 __all__ = [
-    "functional", "Module", "ModuleList", "Sequential", "Linear", "Embedding", "LayerNorm",
-    "RMSNorm", "GlobalResponseNorm", "SiLU", "GELU", "GEGLU", "Dropout", "Conv2d",
+    "functional", "maskgit", "Module", "ModuleList", "Sequential", "Linear", "Embedding",
+    "LayerNorm", "RMSNorm", "GlobalResponseNorm", "SiLU", "GELU", "GEGLU", "Dropout", "Conv2d",
     "ConvTranspose2d", "Attention", "QKVAttention", "TimestepEmbedding",
 ]
 __all__ += ["UViT", "UViTText"]

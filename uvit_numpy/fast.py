@@ -74,7 +74,7 @@ def gelu_float32(x, value=None):
     Multiplying by `value` inside the loop (GEGLU) saves a pass over memory. Returns a new
     C-contiguous array shaped like x.
     """
-    F_ = x.shape[-1]
+    F_ = x.shape[-1] if x.ndim else 1
     x2 = x.reshape(-1, F_)                                # (..., F) -> (rows, F), a view if it can
     v2 = None if value is None else value.reshape(-1, F_)  # (..., F) -> (rows, F)
     rows = x2.shape[0]

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import erf, expit
 
+from . import fast
 from .checks import check_dim, check_floating, check_integer, check_range, check_rank
 
 
@@ -201,6 +202,38 @@ def global_response_norm_backward(dy, cache):
     return dx.astype(dy.dtype, copy=False), dgamma, dbeta
 
 
+def adaptive_modulation(x, scale, shift, return_cache=False):
+    """FiLM-style modulation: x * (1 + scale) + shift, one (scale, shift) per sample.
+
+    x: (B, ..., C), e.g. (B, L, C) tokens or (B, H, W, C) pixels. scale, shift: (B, C).
+    Returns an array shaped like x. aMUSEd's adaptive norms and ConvNeXt blocks apply it with
+    (scale, shift) = Linear(silu(cond)), scale first.
+    """
+    check_floating("adaptive_modulation: x", x)
+    B, C = x.shape[0], x.shape[-1]
+    if scale.shape != (B, C) or shift.shape != (B, C):
+        raise ValueError(f"adaptive_modulation: expected scale and shift of shape {(B, C)}, got "
+                         f"{tuple(scale.shape)} and {tuple(shift.shape)}")
+    shape = (B,) + (1,) * (x.ndim - 2) + (C,)
+    y = x * (1.0 + scale.reshape(shape))                  # (B, C) -> (B, 1.., C), broadcast
+    y += shift.reshape(shape)                            # (B, C) -> (B, 1.., C)
+    return (y, (x, scale)) if return_cache else y
+
+
+def adaptive_modulation_backward(dy, cache):
+    """Gradients of `adaptive_modulation`: (dx, dscale (B, C), dshift (B, C)).
+
+    dx = dy (1 + scale); scale and shift were broadcast over every position of a sample, so their
+    gradients sum over those positions: dscale = sum dy x, dshift = sum dy.
+    """
+    x, scale = cache
+    B, C = scale.shape
+    shape = (B,) + (1,) * (x.ndim - 2) + (C,)
+    positions = tuple(range(1, x.ndim - 1))               # every axis between B and C
+    dx = dy * (1.0 + scale.reshape(shape))
+    return dx, np.sum(dy * x, axis=positions), np.sum(dy, axis=positions)
+
+
 # --------------------------------------------------------------------------------------------------
 # Activations
 # --------------------------------------------------------------------------------------------------
@@ -225,8 +258,13 @@ def gelu(x, approximate="none"):
     approximate="none": the exact form 0.5 x (1 + erf(x / sqrt 2)), with `scipy.special.erf`
     (correct to double precision, and it keeps float32 input in float32).
     approximate="tanh": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as torch's option.
+    float32 input of the exact form takes the package's one speed kernel, `fast.gelu_float32`
+    (the same formula with an erf good to 1.5e-7, about float32's resolution; scipy's float32 erf
+    would cost as much as all the other non-GEMM work of a forward pass). float64 never does.
     """
     check_floating("gelu: x", x)
+    if approximate == "none" and x.dtype == np.float32:
+        return fast.gelu_float32(x)
     if approximate == "none":
         return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
     if approximate == "tanh":
@@ -239,11 +277,14 @@ def gelu_backward(dy, x, approximate="none"):
     """Gradient of `gelu` at x. dy, x: the same shape.
 
     exact:  d/dx [x Phi(x)] = Phi(x) + x phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2,
-            phi(x) = exp(-x^2 / 2) / sqrt(2 pi) (the same erf as the forward);
+            phi(x) = exp(-x^2 / 2) / sqrt(2 pi) (the same erf as the forward; float32 through
+            `fast.gelu_grad_float32`, as the forward);
     tanh:   with t = tanh(sqrt(2/pi) (x + 0.044715 x^3)),
             (1 + t) / 2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2  (1 - t^2, not 1/cosh^2,
             which overflows).
     """
+    if approximate == "none" and x.dtype == np.float32:
+        return fast.gelu_grad_float32(x, dy.astype(np.float32, copy=False))
     if approximate == "none":
         cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
         pdf = np.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
@@ -259,12 +300,15 @@ def geglu(x):
     """Gated GELU: split the last axis in halves (value, gate) and return value * gelu(gate).
 
     x: (..., 2F). Returns (..., F). The first half is the value, the second half the gate, as in
-    diffusers' `GEGLU`.
+    diffusers' `GEGLU`. (float32: the fast kernel multiplies by the value inside its blocks, which
+    saves a pass over memory and gives the same numbers.)
     """
     check_floating("geglu: x", x)
     if x.shape[-1] % 2:
         raise ValueError(f"geglu: expected an even last axis, got shape {x.shape}")
     value, gate = np.split(x, 2, axis=-1)                 # (..., 2F) -> 2 x (..., F)
+    if x.dtype == np.float32:
+        return fast.gelu_float32(gate, value)
     return value * gelu(gate)
 
 
@@ -277,16 +321,23 @@ def geglu_backward(dy, x):
     return np.concatenate([dvalue, dgate], axis=-1)       # 2 x (..., F) -> (..., 2F)
 
 
-def softmax(x, axis=-1):
+def softmax(x, axis=-1, inplace=False):
     """Numerically stable softmax: exp(x - max) / sum(exp(x - max)).
 
     Subtracting the max changes nothing mathematically but keeps exp() from overflowing on large
-    logits (exp(1000) is inf in float64). Same shape as x.
+    logits (exp(1000) is inf in float64). Same shape as x. The normalisation multiplies by
+    1 / sum (one division per row, not per value). With `inplace=True` the result is written
+    into x itself (attention's scores, a fresh array nobody else holds, are the case).
     """
     check_floating("softmax: x", x)
-    z = x - np.max(x, axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    if inplace:
+        z = x
+        z -= np.max(z, axis=axis, keepdims=True)
+    else:
+        z = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(z, out=z)
+    z *= 1.0 / np.sum(z, axis=axis, keepdims=True)
+    return z
 
 
 def softmax_backward(dy, p, axis=-1):
@@ -324,9 +375,52 @@ def dropout_backward(dy, cache):
 # --------------------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------------------
+def attention_weights(q, k, scale=None, return_cache=False):
+    """The attention weights P = softmax(scale q k^T) over the keys.
+
+    q: (B, nh, L, hd). k: (B, nh, S, hd). scale defaults to 1/sqrt(hd). Returns (B, nh, L, S),
+    each row summing to 1. The scores are a fresh product, so the scale and the softmax work on
+    them in place (no second (L, S) array per head). A caller that has already scaled q passes
+    scale=1.0 (aMUSEd's `Attention` does: q has L x hd values, the scores L x S).
+    """
+    for name, t in (("q", q), ("k", k)):
+        check_floating(f"attention_weights: {name}", t)
+        check_rank(f"attention_weights: {name}", t, 4, "(B, nh, tokens, hd)")
+    if q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError("attention_weights: expected q (B, nh, L, hd) and k (B, nh, S, hd), got "
+                         f"q {q.shape}, k {k.shape}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = q @ k.swapaxes(-1, -2)                       # (B, nh, L, hd) @ (B, nh, hd, S)
+    if scale != 1.0:
+        scores *= scale
+    weights = softmax(scores, axis=-1, inplace=True)      # (B, nh, L, S)
+    return (weights, (q, k, weights, scale)) if return_cache else weights
+
+
+def attention_weights_backward(dweights, cache, rowsum=None):
+    """Gradients of `attention_weights`. dweights: (B, nh, L, S). Returns (dq, dk).
+
+    With S = scale q k^T and P = softmax(S): dS = P (dP - rowsum(dP P)) (the softmax's
+    backward), then dq = scale dS k and dk = scale dS^T q; the scale multiplies dS once.
+    `rowsum` (B, nh, L, 1): rowsum(dP P) when the caller has it more cheaply (see
+    `scaled_dot_product_attention_backward`).
+    """
+    q, k, weights, scale = cache
+    if rowsum is None:
+        dscores = softmax_backward(dweights, weights)     # (B, nh, L, S)
+    else:
+        dscores = weights * (dweights - rowsum)           # the same formula, rowsum given
+    if scale != 1.0:
+        dscores *= scale
+    dq = dscores @ k                                      # (B, nh, L, S) @ (B, nh, S, hd)
+    dk = dscores.swapaxes(-1, -2) @ q                     # (B, nh, S, L) @ (B, nh, L, hd)
+    return dq, dk
+
+
 def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False,
                                  return_cache=False):
-    """softmax(q k^T * scale) v over the last two axes.
+    """softmax(q k^T * scale) v over the last two axes: `attention_weights`, then P v.
 
     q: (B, nh, L, hd). k, v: (B, nh, S, hd). scale defaults to 1/sqrt(hd).
     Returns (B, nh, L, hd), and the attention weights (B, nh, L, S) if `return_weights`.
@@ -337,31 +431,26 @@ def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False,
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError("scaled_dot_product_attention: expected q (B, nh, L, hd) and k, v "
                          f"(B, nh, S, hd), got q {q.shape}, k {k.shape}, v {v.shape}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = (q @ k.swapaxes(-1, -2)) * scale             # (B, nh, L, hd) @ (B, nh, hd, S)
-    weights = softmax(scores, axis=-1)                    # (B, nh, L, S)
+    weights, wcache = attention_weights(q, k, scale, return_cache=True)  # (B, nh, L, S)
     out = weights @ v                                     # (B, nh, L, S) @ (B, nh, S, hd)
     result = (out, weights) if return_weights else out
-    return (result, (q, k, v, weights, scale)) if return_cache else result
+    return (result, (wcache, v)) if return_cache else result
 
 
 def scaled_dot_product_attention_backward(dout, cache):
     """Gradients of `scaled_dot_product_attention`. dout: (B, nh, L, hd). Returns (dq, dk, dv).
 
-    With S = scale q k^T, P = softmax(S) and O = P v:
-        dv = P^T dO,  dP = dO v^T,  dS = P (dP - rowsum(dP P)),
-        dq = scale dS k,  dk = scale dS^T q.
-    The scale multiplies dS once, for both dq and dk. rowsum(dP P) equals rowsum(dO O)
-    (FlashAttention's identity), the cheaper form used here.
+    With O = P v: dv = P^T dO and dP = dO v^T, then `attention_weights_backward` takes dP back
+    to q and k. The softmax's rowsum(dP P) equals rowsum(dO O) (FlashAttention's identity: both
+    are sum_s P_s dO . v_s), which sums hd columns instead of S.
     """
-    q, k, v, weights, scale = cache
+    wcache, v = cache
+    weights = wcache[2]                                   # P, (B, nh, L, S)
     out = weights @ v                                     # O, (B, nh, L, hd)
     dv = weights.swapaxes(-1, -2) @ dout                  # (B, nh, S, L) @ (B, nh, L, hd)
-    dP = dout @ v.swapaxes(-1, -2)                        # (B, nh, L, hd) @ (B, nh, hd, S)
-    dS = weights * (dP - np.sum(dout * out, axis=-1, keepdims=True))  # (B, nh, L, S)
-    dq = (dS @ k) * scale                                 # (B, nh, L, S) @ (B, nh, S, hd)
-    dk = (dS.swapaxes(-1, -2) @ q) * scale                # (B, nh, S, L) @ (B, nh, L, hd)
+    dweights = dout @ v.swapaxes(-1, -2)                  # (B, nh, L, hd) @ (B, nh, hd, S)
+    rowsum = np.sum(dout * out, axis=-1, keepdims=True)   # (B, nh, L, 1)
+    dq, dk = attention_weights_backward(dweights, wcache, rowsum)
     return dq, dk, dv
 
 
@@ -503,6 +592,227 @@ def conv_transpose2d_backward(dy, cache):
 
 
 # --------------------------------------------------------------------------------------------------
+# Convolutions on channel-last maps (B, H, W, C), as aMUSEd's blocks use them
+# --------------------------------------------------------------------------------------------------
+# The weights keep torch's layout; each function is the special case of `conv2d` (or
+# `conv_transpose2d`) that one geometry reduces to: a per-pixel linear map, nine shifted
+# multiply-adds, or one GEMM over non-overlapping patches.
+def conv1x1(x, weight, bias=None, return_cache=False):
+    """A 1x1 convolution on a channel-last map: a per-pixel linear map.
+
+    x: (B, H, W, C) (any leading axes). weight: (O, C, 1, 1). bias: (O,) or None.
+    Returns (B, H, W, O) = `linear(x, weight[:, :, 0, 0], bias)`.
+    """
+    check_floating("conv1x1: x", x)
+    if weight.ndim != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError(f"conv1x1: expected a (O, C, 1, 1) weight, got {tuple(weight.shape)}")
+    return linear(x, weight[:, :, 0, 0], bias, return_cache)  # (O, C, 1, 1) -> (O, C)
+
+
+def conv1x1_backward(dy, cache):
+    """Gradients of `conv1x1`: `linear_backward`, the weight's gradient as (O, C, 1, 1)."""
+    dx, dweight, dbias = linear_backward(dy, cache)
+    return dx, dweight[:, :, None, None], dbias
+
+
+def conv1x1_to_channels_first(x, weight, bias=None, return_cache=False):
+    """A 1x1 convolution from a channel-last map to a channel-first one.
+
+    x: (B, H, W, C). weight: (O, C, 1, 1). bias: (O,) or None. Returns (B, O, H, W), computed
+    per sample as W x_b^T (O, C) @ (C, L), so a large output (aMUSEd's logits over 8,192 codes)
+    is written once, in its final layout, instead of produced channel-last and transposed.
+    """
+    check_floating("conv1x1_to_channels_first: x", x)
+    check_rank("conv1x1_to_channels_first: x", x, 4, "(B, H, W, C)")
+    B, H, W, C = x.shape
+    check_dim("conv1x1_to_channels_first: x", x, -1, weight.shape[1], "channels")
+    h = x.reshape(B, H * W, C)                            # (B, H, W, C) -> (B, L, C)
+    w = weight[:, :, 0, 0]                                # (O, C, 1, 1) -> (O, C)
+    y = w @ h.transpose(0, 2, 1)                          # (O, C) @ (B, C, L) -> (B, O, L)
+    if bias is not None:
+        y += bias[:, None]
+    y = y.reshape(B, -1, H, W)                            # (B, O, L) -> (B, O, H, W)
+    return (y, (h, w, (B, H, W, C), bias is not None)) if return_cache else y
+
+
+def conv1x1_to_channels_first_backward(dy, cache):
+    """Gradients of `conv1x1_to_channels_first`. dy: (B, O, H, W). Returns (dx (B, H, W, C),
+    dweight (O, C, 1, 1), dbias): with y_b = W h_b^T, dW = sum_b dy_b h_b, dh = dy^T W."""
+    h, w, (B, H, W, C), has_bias = cache
+    dl = dy.reshape(B, -1, H * W)                         # (B, O, H, W) -> (B, O, L)
+    dweight = np.einsum("bol,blc->oc", dl, h, optimize=True)
+    dbias = dl.sum(axis=(0, 2)) if has_bias else None
+    dx = (dl.transpose(0, 2, 1) @ w).reshape(B, H, W, C)  # (B, L, O) @ (O, C) -> (B, H, W, C)
+    return dx, dweight[:, :, None, None], dbias
+
+
+def depthwise_conv3x3(x, weight, bias=None, return_cache=False):
+    """3x3 depthwise convolution, zero padding 1, channel-last: each channel has its own kernel.
+
+    x: (B, H, W, C). weight: (C, 1, 3, 3) as torch stores it. bias: (C,) or None.
+    Returns (B, H, W, C):
+    y[b, i, j, c] = bias[c] + sum_{a, d in 0..2} weight[c, 0, a, d] x[b, i + a - 1, j + d - 1, c]
+    (a cross-correlation, no kernel flip), computed as nine shifted multiply-adds.
+    """
+    check_floating("depthwise_conv3x3: x", x)
+    check_rank("depthwise_conv3x3: x", x, 4, "(B, H, W, C)")
+    B, H, W, C = x.shape
+    if weight.shape != (C, 1, 3, 3):
+        raise ValueError(f"depthwise_conv3x3: expected weight (C, 1, 3, 3) = {(C, 1, 3, 3)}, "
+                         f"got {tuple(weight.shape)}")
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))      # (B, H+2, W+2, C)
+    k = weight[:, 0].transpose(1, 2, 0)                   # (C, 3, 3) -> (3, 3, C)
+    y = xp[:, 0:H, 0:W] * k[0, 0]
+    for a in range(3):
+        for d in range(3):
+            if a or d:
+                y += xp[:, a:a + H, d:d + W] * k[a, d]
+    if bias is not None:
+        y += bias
+    return (y, (xp, weight, bias is not None)) if return_cache else y
+
+
+def depthwise_conv3x3_backward(dy, cache):
+    """Gradients of `depthwise_conv3x3`. dy: (B, H, W, C). Returns (dx, dweight (C, 1, 3, 3),
+    dbias (C,) or None).
+
+    Per tap (a, d): dweight[c, 0, a, d] = sum_{b, i, j} dy[b, i, j, c] xpad[b, i + a, j + d, c] (no
+    sum over channels: each channel has its own kernel), and dy * k[a, d] is added into the padded
+    input at the tap's offset; the padding is cut off at the end.
+    """
+    xp, weight, has_bias = cache
+    B, H, W, C = dy.shape
+    k = weight[:, 0].transpose(1, 2, 0)                   # (C, 3, 3) -> (3, 3, C)
+    dk = np.empty((3, 3, C), dtype=dy.dtype)
+    dxp = np.zeros_like(xp, dtype=dy.dtype)               # (B, H+2, W+2, C)
+    for a in range(3):
+        for d in range(3):
+            dk[a, d] = np.einsum("bijc,bijc->c", dy, xp[:, a:a + H, d:d + W])
+            dxp[:, a:a + H, d:d + W] += dy * k[a, d]
+    dweight = dk.transpose(2, 0, 1)[:, None]              # (3, 3, C) -> (C, 1, 3, 3)
+    dbias = dy.sum(axis=(0, 1, 2)) if has_bias else None
+    return dxp[:, 1:H + 1, 1:W + 1], dweight, dbias
+
+
+def downsample_2x2(x, weight, bias=None, return_cache=False):
+    """A 2x2, stride-2 convolution without padding, channel-last, as one GEMM.
+
+    x: (B, H, W, C). weight: (O, C, 2, 2) as torch stores it. bias: (O,) or None.
+    Returns (B, H // 2, W // 2, O): like the convolution, an odd last row or column is not used.
+    Each output pixel sees one non-overlapping 2x2 patch, so the convolution is a reshape into
+    patches followed by a single matrix product.
+    """
+    check_floating("downsample_2x2: x", x)
+    check_rank("downsample_2x2: x", x, 4, "(B, H, W, C)")
+    B, H, W, C = x.shape
+    O = weight.shape[0]
+    if weight.shape != (O, C, 2, 2):
+        raise ValueError(f"downsample_2x2: expected weight (O, C, 2, 2) with C = {C}, "
+                         f"got {tuple(weight.shape)}")
+    h, w = H // 2, W // 2
+    patches = x[:, :2 * h, :2 * w]                        # an odd last row/column is not read
+    patches = patches.reshape(B, h, 2, w, 2, C)           # (B, h, a, w, d, C)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5)         # (B, h, w, a, d, C)
+    patches = patches.reshape(B, h, w, 4 * C)             # (B, h, w, (a, d, C))
+    wmat = weight.transpose(0, 2, 3, 1).reshape(O, 4 * C)  # (O, C, a, d) -> (O, (a, d, C))
+    y, lin_cache = linear(patches, wmat, bias, return_cache=True)  # (B, h, w, O)
+    return (y, ((H, W), lin_cache)) if return_cache else y
+
+
+def downsample_2x2_backward(dy, cache):
+    """Gradients of `downsample_2x2`. dy: (B, h, w, O). Returns (dx (B, H, W, C), dweight
+    (O, C, 2, 2), dbias): the linear's backward, then the patches put back in place (the
+    patches do not overlap, so this is a pure rearrangement); an unread odd edge gets zeros."""
+    (H, W), lin_cache = cache
+    dpatches, dwmat, dbias = linear_backward(dy, lin_cache)   # (B, h, w, 4C), (O, 4C)
+    B, h, w, O = dy.shape
+    C = dpatches.shape[-1] // 4
+    d = dpatches.reshape(B, h, w, 2, 2, C)                # (B, h, w, a, d, C)
+    d = d.transpose(0, 1, 3, 2, 4, 5).reshape(B, 2 * h, 2 * w, C)  # (B, 2h, 2w, C)
+    dx = np.pad(d, ((0, 0), (0, H - 2 * h), (0, W - 2 * w), (0, 0)))  # zeros for the odd edge
+    dweight = dwmat.reshape(O, 2, 2, C).transpose(0, 3, 1, 2)  # (O, (a, d, C)) -> (O, C, a, d)
+    return dx, dweight, dbias
+
+
+def upsample_2x2(x, weight, bias=None, return_cache=False):
+    """The 2x2, stride-2 transposed convolution of aMUSEd's `Upsample2D`, channel-last, as one GEMM.
+
+    x: (B, H, W, C). weight: (C, O, 2, 2) -- in-channels first, as torch stores transposed convs.
+    bias: (O,) or None. Returns (B, 2H, 2W, O):
+    y[b, 2i + a, 2j + d, o] = bias[o] + sum_c x[b, i, j, c] weight[c, o, a, d].
+    The 2x2 output patches of different input pixels do not overlap, so this is one product to
+    (O, a, d) per pixel followed by a pixel shuffle.
+    """
+    check_floating("upsample_2x2: x", x)
+    check_rank("upsample_2x2: x", x, 4, "(B, H, W, C)")
+    B, H, W, C = x.shape
+    O = weight.shape[1]
+    if weight.shape != (C, O, 2, 2):
+        raise ValueError(f"upsample_2x2: expected weight (C, O, 2, 2) with C = {C}, "
+                         f"got {tuple(weight.shape)}")
+    wmat = weight.transpose(0, 2, 3, 1).reshape(C, 4 * O)  # (C, O, a, d) -> (C, (a, d, O))
+    y = x @ wmat                                          # (B, H, W, (a, d, O))
+    y = y.reshape(B, H, W, 2, 2, O)                       # (B, H, W, a, d, O)
+    y = y.transpose(0, 1, 3, 2, 4, 5)                     # (B, H, a, W, d, O)
+    y = y.reshape(B, 2 * H, 2 * W, O)                     # (B, 2H, 2W, O)
+    y = y if bias is None else y + bias
+    return (y, (x, wmat, bias is not None)) if return_cache else y
+
+
+def upsample_2x2_backward(dy, cache):
+    """Gradients of `upsample_2x2`. dy: (B, 2H, 2W, O). Returns (dx (B, H, W, C), dweight
+    (C, O, 2, 2), dbias): the pixel shuffle undone, then the product's backward,
+    dx = dY W^T and dW = x^T dY on the (B H W) rows."""
+    x, wmat, has_bias = cache
+    B, H, W, C = x.shape
+    O = dy.shape[-1]
+    d = dy.reshape(B, H, 2, W, 2, O)                      # (B, H, a, W, d, O)
+    d = d.transpose(0, 1, 3, 2, 4, 5).reshape(B * H * W, 4 * O)  # (B H W, (a, d, O))
+    dx = (d @ wmat.T).reshape(B, H, W, C)                 # (rows, 4O) @ (4O, C)
+    dwmat = x.reshape(-1, C).T @ d                        # (C, rows) @ (rows, 4O)
+    dweight = dwmat.reshape(C, 2, 2, O).transpose(0, 3, 1, 2)  # (C, (a, d, O)) -> (C, O, a, d)
+    dbias = dy.sum(axis=(0, 1, 2)) if has_bias else None
+    return dx, dweight, dbias
+
+
+def conv2d_channels_last(x, weight, bias=None, stride=1, padding=0, groups=1,
+                         return_cache=False):
+    """`conv2d` on a channel-last map, by transposing to (B, C, H, W) and back.
+
+    x: (B, H, W, C). Returns (B, Ho, Wo, O). The general case, for geometries none of the
+    functions above covers.
+    """
+    check_rank("conv2d_channels_last: x", x, 4, "(B, H, W, C)")
+    y, cache = conv2d(x.transpose(0, 3, 1, 2), weight, bias, stride, padding, groups,
+                      return_cache=True)                  # (B, H, W, C) -> (B, C, H, W)
+    y = y.transpose(0, 2, 3, 1)                           # (B, O, Ho, Wo) -> (B, Ho, Wo, O)
+    return (y, cache) if return_cache else y
+
+
+def conv2d_channels_last_backward(dy, cache):
+    """Gradients of `conv2d_channels_last`: `conv2d_backward` between the two transposes."""
+    dx, dweight, dbias = conv2d_backward(dy.transpose(0, 3, 1, 2), cache)
+    return dx.transpose(0, 2, 3, 1), dweight, dbias       # (B, C, H, W) -> (B, H, W, C)
+
+
+def conv_transpose2d_channels_last(x, weight, bias=None, stride=1, padding=0,
+                                   return_cache=False):
+    """`conv_transpose2d` on a channel-last map, by transposing to (B, C, H, W) and back.
+    x: (B, H, W, C). Returns (B, Ho, Wo, O)."""
+    check_rank("conv_transpose2d_channels_last: x", x, 4, "(B, H, W, C)")
+    y, cache = conv_transpose2d(x.transpose(0, 3, 1, 2), weight, bias, stride, padding,
+                                return_cache=True)        # (B, H, W, C) -> (B, C, H, W)
+    y = y.transpose(0, 2, 3, 1)                           # (B, O, Ho, Wo) -> (B, Ho, Wo, O)
+    return (y, cache) if return_cache else y
+
+
+def conv_transpose2d_channels_last_backward(dy, cache):
+    """Gradients of `conv_transpose2d_channels_last`: the NCHW backward between transposes."""
+    dx, dweight, dbias = conv_transpose2d_backward(dy.transpose(0, 3, 1, 2), cache)
+    return dx.transpose(0, 2, 3, 1), dweight, dbias       # (B, C, H, W) -> (B, H, W, C)
+
+
+# --------------------------------------------------------------------------------------------------
 # Timestep embeddings
 # --------------------------------------------------------------------------------------------------
 def get_timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos=False,
@@ -545,6 +855,21 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     """
     return get_timestep_embedding(timesteps, dim, flip_sin_to_cos=True,
                                   downscale_freq_shift=0, max_period=max_period)
+
+
+def micro_conditioning(micro_conds, batch, encode_dim, dtype=np.float32):
+    """Sinusoidal features of aMUSEd's micro-conditions (width, height, crop x, crop y, score).
+
+    micro_conds: B * M numbers, normally (B, M). Returns (B, M * encode_dim) in `dtype`:
+    sample b's row is [phi(m_b0), ..., phi(m_b,M-1)], each phi = [cos(m f_k) ..., sin(m f_k) ...]
+    with f_k = exp(-ln(10000) k / (encode_dim // 2)), cosines first. The sinusoid is formed in
+    float64 and rounded once to `dtype` (diffusers forms it in float32: up to 3e-5 off for
+    micro-conditions such as 512).
+    """
+    flat = np.asarray(micro_conds).reshape(-1).astype(np.float64)   # (B*M,), row-major
+    emb = get_timestep_embedding(flat, encode_dim, flip_sin_to_cos=True,
+                                 downscale_freq_shift=0)             # (B*M, encode_dim)
+    return emb.reshape(batch, -1).astype(dtype)           # (B*M, d) -> (B, M*d)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ Each layer's `backward(grad_out)` (see `module.Module`) calls the backward of it
 accumulates the parameter gradients and returns the gradient of its input.
 """
 
+import math
+
 import numpy as np
 
-from . import fast
 from . import functional as F
 from .checks import check_dim, check_floating, check_rank
 from .module import Module, ModuleList, as_rng, uniform_init
@@ -73,13 +74,6 @@ class Embedding(Module):
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
-def _norm_backward(module, backward_fn, grad_out):
-    """A norm layer's backward: dx, with the weight and bias gradients accumulated."""
-    dx, dw, db = backward_fn(grad_out, module._recall(grad_out))
-    module.accumulate_grads(weight=dw, bias=db)
-    return dx
-
-
 class LayerNorm(Module):
     """torch.nn.LayerNorm over the last axis (a single int `normalized_shape`)."""
 
@@ -97,7 +91,9 @@ class LayerNorm(Module):
         return self._record(*F.layer_norm(x, self.weight, self.bias, self.eps, return_cache=True))
 
     def backward(self, grad_out):
-        return _norm_backward(self, F.layer_norm_backward, grad_out)
+        dx, dw, db = F.layer_norm_backward(grad_out, self._recall(grad_out))
+        self.accumulate_grads(weight=dw, bias=db)
+        return dx
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -121,7 +117,9 @@ class RMSNorm(Module):
         return self._record(*F.rms_norm(x, self.weight, self.bias, self.eps, return_cache=True))
 
     def backward(self, grad_out):
-        return _norm_backward(self, F.rms_norm_backward, grad_out)
+        dx, dw, db = F.rms_norm_backward(grad_out, self._recall(grad_out))
+        self.accumulate_grads(weight=dw, bias=db)
+        return dx
 
     def extra_repr(self):
         return f"{self.dim}, eps={self.eps}"
@@ -159,8 +157,8 @@ class SiLU(Module):
 
 
 class GELU(Module):
-    """torch.nn.GELU: exact (erf) by default, `approximate="tanh"` for the tanh form. float32 runs
-    the exact form through `fast.py` (an erf good to 1.5e-7, blocked); float64 through scipy."""
+    """torch.nn.GELU: exact (erf) by default, `approximate="tanh"` for the tanh form (float32's
+    exact form runs through the fast kernel that `functional.gelu` dispatches to)."""
 
     def __init__(self, approximate="none", dtype=np.float32, rng=None):
         super().__init__(dtype)
@@ -170,15 +168,10 @@ class GELU(Module):
 
     def forward(self, x):
         x = to_module_dtype("GELU: x", x, self.dtype)
-        if self.approximate == "none" and x.dtype == np.float32:
-            return self._record(fast.gelu_float32(x) if x.ndim else F.gelu(x), x)
         return self._record(F.gelu(x, self.approximate), x)
 
     def backward(self, grad_out):
-        x = self._recall(grad_out)
-        if self.approximate == "none" and x.dtype == np.float32 and x.ndim:
-            return fast.gelu_grad_float32(x, grad_out.astype(np.float32, copy=False))
-        return F.gelu_backward(grad_out, x, self.approximate)
+        return F.gelu_backward(grad_out, self._recall(grad_out), self.approximate)
 
 
 class GEGLU(Module):
@@ -282,6 +275,111 @@ class ConvTranspose2d(Module):
         return dx
 
 
+# The functions (forward, backward) that compute a channel-last convolution of each geometry.
+CHANNELS_LAST_CONVS = {
+    "conv1x1": (F.conv1x1, F.conv1x1_backward),
+    "conv1x1_to_channels_first": (F.conv1x1_to_channels_first,
+                                  F.conv1x1_to_channels_first_backward),
+    "depthwise_conv3x3": (F.depthwise_conv3x3, F.depthwise_conv3x3_backward),
+    "downsample_2x2": (F.downsample_2x2, F.downsample_2x2_backward),
+    "conv2d_channels_last": (F.conv2d_channels_last, F.conv2d_channels_last_backward),
+    "upsample_2x2": (F.upsample_2x2, F.upsample_2x2_backward),
+    "conv_transpose2d_channels_last": (F.conv_transpose2d_channels_last,
+                                       F.conv_transpose2d_channels_last_backward),
+}
+
+
+class ChannelsLastConv2d(Conv2d):
+    """A `Conv2d` (the same arguments, parameters and initial values) applied to channel-last
+    maps: x (B, H, W, C) -> (B, Ho, Wo, O). aMUSEd's blocks keep their maps channel-last, where
+    diffusers transposes between blocks; the weight keeps torch's (O, C/groups, kh, kw) layout.
+
+    The geometry picks the function of `functional` that computes it, once, at construction:
+
+        1x1, stride 1, no padding                     conv1x1 (a per-pixel linear map)
+        3x3 depthwise (groups = C = O), stride 1, pad 1  depthwise_conv3x3 (nine shifts)
+        2x2, stride 2, no padding                     downsample_2x2 (one GEMM over patches)
+        anything else                                 conv2d_channels_last (transposes + conv2d)
+
+    With `channels_first_out=True` (1x1 only) the output is (B, O, H, W), written directly in that
+    layout (`conv1x1_to_channels_first`): aMUSEd's output head uses it for its logits.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 bias=True, channels_first_out=False, dtype=np.float32, rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups, bias,
+                         dtype=dtype, rng=rng)
+        geometry = (self.kernel_size, F._pair(stride), F._pair(padding))
+        if geometry == ((1, 1), (1, 1), (0, 0)) and groups == 1:
+            self.kind = "conv1x1_to_channels_first" if channels_first_out else "conv1x1"
+        elif channels_first_out:
+            raise ValueError(f"ChannelsLastConv2d: channels_first_out needs a 1x1 convolution, "
+                             f"got kernel_size={kernel_size}, stride={stride}, padding={padding}")
+        elif geometry == ((3, 3), (1, 1), (1, 1)) and groups == in_channels == out_channels:
+            self.kind = "depthwise_conv3x3"
+        elif geometry == ((2, 2), (2, 2), (0, 0)) and groups == 1:
+            self.kind = "downsample_2x2"
+        else:
+            self.kind = "conv2d_channels_last"
+
+    def forward(self, x):
+        """x: (B, H, W, C) -> (B, Ho, Wo, O) (or (B, O, H, W) with channels_first_out)."""
+        x = to_module_dtype("ChannelsLastConv2d: x", x, self.dtype)
+        check_rank("ChannelsLastConv2d: x", x, 4, "(B, H, W, C)")
+        check_dim("ChannelsLastConv2d: x", x, -1, self.in_channels, "channels")
+        forward = CHANNELS_LAST_CONVS[self.kind][0]
+        if self.kind == "conv2d_channels_last":
+            out = forward(x, self.weight, self.bias, self.stride, self.padding, self.groups,
+                          return_cache=True)
+        else:
+            out = forward(x, self.weight, self.bias, return_cache=True)
+        return self._record(*out)
+
+    def backward(self, grad_out):
+        """grad_out: shaped like the output -> dx (B, H, W, C)."""
+        backward = CHANNELS_LAST_CONVS[self.kind][1]
+        dx, dw, db = backward(grad_out, self._recall(grad_out))
+        self.accumulate_grads(weight=dw, bias=db)
+        return dx
+
+    def extra_repr(self):
+        return super().extra_repr() + f", channels_last ({self.kind})"
+
+
+class ChannelsLastConvTranspose2d(ConvTranspose2d):
+    """A `ConvTranspose2d` applied to channel-last maps: x (B, H, W, C) -> (B, Ho, Wo, O); the
+    weight keeps torch's (C, O, kh, kw) layout. A 2x2, stride-2, unpadded one (aMUSEd's up-sampler)
+    runs as `functional.upsample_2x2` (one GEMM and a pixel shuffle), any other as
+    `functional.conv_transpose2d_channels_last`."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 dtype=np.float32, rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias,
+                         dtype=dtype, rng=rng)
+        geometry = (self.kernel_size, F._pair(stride), F._pair(padding))
+        self.kind = ("upsample_2x2" if geometry == ((2, 2), (2, 2), (0, 0))
+                     else "conv_transpose2d_channels_last")
+
+    def forward(self, x):
+        """x: (B, H, W, C) -> (B, Ho, Wo, O)."""
+        x = to_module_dtype("ChannelsLastConvTranspose2d: x", x, self.dtype)
+        check_rank("ChannelsLastConvTranspose2d: x", x, 4, "(B, H, W, C)")
+        check_dim("ChannelsLastConvTranspose2d: x", x, -1, self.in_channels, "channels")
+        forward = CHANNELS_LAST_CONVS[self.kind][0]
+        if self.kind == "upsample_2x2":
+            out = forward(x, self.weight, self.bias, return_cache=True)
+        else:
+            out = forward(x, self.weight, self.bias, self.stride, self.padding, return_cache=True)
+        return self._record(*out)
+
+    def backward(self, grad_out):
+        """grad_out: (B, Ho, Wo, O) -> dx (B, H, W, C)."""
+        backward = CHANNELS_LAST_CONVS[self.kind][1]
+        dx, dw, db = backward(grad_out, self._recall(grad_out))
+        self.accumulate_grads(weight=dw, bias=db)
+        return dx
+
+
 class Attention(Module):
     """Multi-head attention as diffusers' `Attention` (default processor), self or cross.
 
@@ -308,6 +406,8 @@ class Attention(Module):
         """hidden_states: (B, L, query_dim); encoder_hidden_states: (B, S, cross_attention_dim).
 
         Returns (B, L, query_dim), and the weights (B, nh, L, S) if `return_weights`.
+        softmax(q k^T / sqrt(hd)) v per head, with the scale applied to q (L x hd values) rather
+        than to the scores (L x S): the same numbers up to rounding, and fewer multiplies.
         """
         x = to_module_dtype("Attention: hidden_states", hidden_states, self.dtype)
         check_rank("Attention: hidden_states", x, 3, "(B, L, C)")
@@ -317,11 +417,13 @@ class Attention(Module):
         if ctx.shape[0] != x.shape[0]:
             raise ValueError(f"Attention: batch sizes disagree: hidden_states {x.shape[0]}, "
                              f"encoder_hidden_states {ctx.shape[0]}")
-        q = F.split_heads(self.to_q(x), self.heads)        # (B, nh, L, hd)
-        k = F.split_heads(self.to_k(ctx), self.heads)      # (B, nh, S, hd)
-        v = F.split_heads(self.to_v(ctx), self.heads)      # (B, nh, S, hd)
-        (out, weights), cache = F.scaled_dot_product_attention(q, k, v, return_weights=True,
-                                                               return_cache=True)
+        q = self.to_q(x)                                  # (B, L, I), a fresh array
+        q *= 1.0 / math.sqrt(self.dim_head)
+        q = F.split_heads(q, self.heads)                  # (B, L, I) -> (B, nh, L, hd)
+        k = F.split_heads(self.to_k(ctx), self.heads)     # (B, S, I) -> (B, nh, S, hd)
+        v = F.split_heads(self.to_v(ctx), self.heads)     # (B, S, I) -> (B, nh, S, hd)
+        (out, weights), cache = F.scaled_dot_product_attention(
+            q, k, v, scale=1.0, return_weights=True, return_cache=True)  # q is already scaled
         out = self.to_out[1](self.to_out[0](F.merge_heads(out)))  # (B, L, I) -> (B, L, query_dim)
         self._record(out, (cache, encoder_hidden_states is None))
         return (out, weights) if return_weights else out
@@ -333,6 +435,7 @@ class Attention(Module):
         d = self.to_out[0].backward(self.to_out[1].backward(grad_out))  # (B, L, I)
         dq, dk, dv = F.scaled_dot_product_attention_backward(
             F.merge_heads_backward(d, self.heads), cache)             # 3 x (B, nh, tokens, hd)
+        dq *= 1.0 / math.sqrt(self.dim_head)                           # through q *= 1/sqrt(hd)
         dx = self.to_q.backward(F.split_heads_backward(dq))           # (B, L, query_dim)
         dctx = (self.to_k.backward(F.split_heads_backward(dk))
                 + self.to_v.backward(F.split_heads_backward(dv)))     # k and v share the input
@@ -343,9 +446,9 @@ class QKVAttention(Module):
     """Multi-head self-attention with one fused projection, as the U-ViT paper's `Attention`.
 
     `qkv` Linear(dim, 3 dim) (bias if qkv_bias), split on the feature axis as (3, nh, hd) in that
-    order; softmax(q k^T * scale) v with scale = qk_scale or hd^-1/2; heads merged; `proj`
-    Linear(dim, dim) with bias. `attn_drop` drops attention weights, `proj_drop` the output (train).
-    The softmax runs in place on the scores (the same arithmetic as `functional.softmax`).
+    order; softmax(q k^T * scale) v with scale = qk_scale or hd^-1/2
+    (`functional.attention_weights`); heads merged; `proj` Linear(dim, dim) with bias.
+    `attn_drop` drops attention weights, `proj_drop` the output (train mode).
     """
 
     def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0,
@@ -368,37 +471,33 @@ class QKVAttention(Module):
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)  # (B, L, 3, nh, hd)
         qkv = np.ascontiguousarray(qkv.transpose(2, 0, 3, 1, 4))  # (3, B, nh, L, hd), one copy
         q, k, v = qkv                                     # 3 x (B, nh, L, hd), contiguous
-        probs = q @ k.swapaxes(-1, -2)                    # (B, nh, L, L) scores, then in place:
-        probs *= self.scale
-        probs -= probs.max(axis=-1, keepdims=True)        # the max first: exp cannot overflow
-        np.exp(probs, out=probs)
-        probs *= 1.0 / probs.sum(axis=-1, keepdims=True)  # softmax(scale q k^T), rows sum to 1
+        probs, wcache = F.attention_weights(q, k, self.scale, return_cache=True)  # (B, nh, L, L)
         weights = self.attn_drop(probs)
         out = F.merge_heads(weights @ v)                  # (B, nh, L, hd) -> (B, L, C)
         out = self.proj_drop(self.proj(out))
-        self._record(out, (q, k, v, probs, weights))
+        self._record(out, (wcache, v, weights))
         return (out, weights) if return_weights else out
 
     def backward(self, grad_out):
         """grad_out: (B, L, dim) -> dx (B, L, dim).
 
-        The attention core is written out because dropout sits between the softmax and v:
-        dv = W^T dO and dW = dO v^T with W the dropped weights, dP = attn_drop^T dW, then the
-        softmax and the two products of S = scale q k^T. The fused projection's gradient is
-        (dq, dk, dv) stacked back into the (B, L, 3, nh, hd) layout it was split from.
+        Dropout sits between the softmax and v, so the product with v is taken back here:
+        dv = W^T dO and dW = dO v^T with W the dropped weights, then attn_drop's backward and
+        `attention_weights_backward` (the softmax and the two products of S = scale q k^T). The
+        fused projection's gradient is (dq, dk, dv) stacked back into the (B, L, 3, nh, hd)
+        layout it was split from.
         """
-        q, k, v, probs, weights = self._recall(grad_out)
-        B, nh, L, hd = q.shape
+        wcache, v, weights = self._recall(grad_out)
+        B, nh, L, hd = v.shape
         d = self.proj.backward(self.proj_drop.backward(grad_out))      # (B, L, C)
         d = F.merge_heads_backward(d, nh)                              # (B, nh, L, hd)
         dv = weights.swapaxes(-1, -2) @ d                              # (B, nh, L, hd)
         dweights = d @ v.swapaxes(-1, -2)                              # (B, nh, L, L)
-        dscores = F.softmax_backward(self.attn_drop.backward(dweights), probs)
-        dscores *= self.scale                                          # S = scale q k^T
+        dq, dk = F.attention_weights_backward(self.attn_drop.backward(dweights), wcache)
         dqkv = np.empty((B, L, 3, nh, hd), dtype=d.dtype)              # written in place:
-        dqkv[:, :, 0] = (dscores @ k).transpose(0, 2, 1, 3)            # dq (B, nh, L, hd)
-        dqkv[:, :, 1] = (dscores.swapaxes(-1, -2) @ q).transpose(0, 2, 1, 3)  # dk
-        dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)                       # dv
+        dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)                       # -> (B, L, nh, hd)
+        dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
+        dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
         return self.qkv.backward(dqkv.reshape(B, L, 3 * nh * hd))      # (B, L, 3C) -> (B, L, C)
 
 

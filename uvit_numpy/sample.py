@@ -129,13 +129,13 @@ def sample_digits(digit_model, labels, seed=0, scheduler=None, steps=None, guida
                   temperature=None, eta=None, batch_size=250):
     """Digits of the given labels (N,) ints in [0, 10): images (N, 28, 28) float32 in [0, 1].
 
-    Diffusion: `sampling.sample` with the chosen scheduler; masked tokens: `uvit2d.generate`
+    Diffusion: `sampling.sample` with the chosen scheduler; masked tokens: `maskgit.generate`
     then the tokenizer's decode. Batches of `batch_size` labels, each seeded from (seed, batch).
     """
     from . import schedulers
     from .data import to_unit
     from .sampling import sample
-    from .uvit2d import generate
+    from .maskgit import generate
     labels = np.asarray(labels, dtype=np.int64)
     s = settings(digit_model, scheduler, steps, guidance_scale, temperature, eta)
     out = []

@@ -30,61 +30,23 @@ import numpy as np
 from . import functional as F
 from .checks import (check_batch, check_dim, check_floating, check_integer, check_range,
                      check_rank, dtype_name, is_floating, is_integer)
+from .configs import UVIT_CONFIGS as CONFIGS
+from .configs import UVIT_DESCRIPTIONS as DESCRIPTIONS
+from .configs import uvit_config
 from .layers import GELU, Conv2d, Dropout, Embedding, LayerNorm, Linear, QKVAttention, SiLU
 from .module import Module, ModuleList, Sequential, as_rng
 
+__all__ = ["CONFIGS", "DESCRIPTIONS", "config", "UViT", "UViTText", "Block", "Attention", "Mlp",
+           "PatchEmbed", "long_skip", "long_skip_backward", "long_skip_parts", "from_config"]
+
+
 # --------------------------------------------------------------------------------------------------
-# The paper's configurations (the `nnet` settings of its configs/*.py; names as its checkpoints)
+# The paper's configurations (`configs.UVIT_CONFIGS`, by checkpoint name)
 # --------------------------------------------------------------------------------------------------
-_COMMON = {"mlp_ratio": 4, "qkv_bias": False, "mlp_time_embed": False}
-
-CONFIGS = {
-    "cifar10_uvit_small": dict(img_size=32, patch_size=2, in_chans=3, embed_dim=512, depth=12,
-                               num_heads=8, num_classes=-1, **_COMMON),
-    "celeba64_uvit_small": dict(img_size=64, patch_size=4, in_chans=3, embed_dim=512, depth=12,
-                                num_heads=8, num_classes=-1, **_COMMON),
-    "imagenet64_uvit_mid": dict(img_size=64, patch_size=4, in_chans=3, embed_dim=768, depth=16,
-                                num_heads=12, num_classes=1000, **_COMMON),
-    "imagenet64_uvit_large": dict(img_size=64, patch_size=4, in_chans=3, embed_dim=1024,
-                                  depth=20, num_heads=16, num_classes=1000, **_COMMON),
-    "imagenet256_uvit_large": dict(img_size=32, patch_size=2, in_chans=4, embed_dim=1024,
-                                   depth=20, num_heads=16, num_classes=1001, **_COMMON),
-    "imagenet256_uvit_huge": dict(img_size=32, patch_size=2, in_chans=4, embed_dim=1152,
-                                  depth=28, num_heads=16, num_classes=1001, conv=False, **_COMMON),
-    "imagenet512_uvit_large": dict(img_size=64, patch_size=4, in_chans=4, embed_dim=1024,
-                                   depth=20, num_heads=16, num_classes=1001, **_COMMON),
-    "imagenet512_uvit_huge": dict(img_size=64, patch_size=4, in_chans=4, embed_dim=1152,
-                                  depth=28, num_heads=16, num_classes=1001, conv=False, **_COMMON),
-    "mscoco_uvit_small": dict(img_size=32, patch_size=2, in_chans=4, embed_dim=512, depth=12,
-                              num_heads=8, clip_dim=768, num_clip_token=77, **_COMMON),
-    "mscoco_uvit_small_deep": dict(img_size=32, patch_size=2, in_chans=4, embed_dim=512,
-                                   depth=16, num_heads=8, clip_dim=768, num_clip_token=77,
-                                   **_COMMON),
-}
-"""Constructor arguments of the paper's models, by the name of their released checkpoint. The
-latent-space ImageNet models see 4-channel VAE latents (32x32 for 256px images, 64x64 for 512px);
-their 1001st class is the "no class" token of classifier-free guidance. `use_checkpoint` (gradient
-checkpointing, a training-memory option) is left out: it changes no parameter and no output."""
-
-DESCRIPTIONS = {
-    "cifar10_uvit_small": "CIFAR-10, U-ViT-S/2",
-    "celeba64_uvit_small": "CelebA 64x64, U-ViT-S/4",
-    "imagenet64_uvit_mid": "ImageNet 64x64, U-ViT-M/4",
-    "imagenet64_uvit_large": "ImageNet 64x64, U-ViT-L/4",
-    "imagenet256_uvit_large": "ImageNet 256x256 (latent), U-ViT-L/2",
-    "imagenet256_uvit_huge": "ImageNet 256x256 (latent), U-ViT-H/2",
-    "imagenet512_uvit_large": "ImageNet 512x512 (latent), U-ViT-L/4",
-    "imagenet512_uvit_huge": "ImageNet 512x512 (latent), U-ViT-H/4",
-    "mscoco_uvit_small": "MS-COCO text-to-image, U-ViT-S/2",
-    "mscoco_uvit_small_deep": "MS-COCO text-to-image, U-ViT-S/2 (deep)",
-}
-
-
 def config(name, **overrides):
-    """A copy of `CONFIGS[name]` with `overrides` applied; ValueError naming the known configs."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown U-ViT config {name!r}; expected one of {sorted(CONFIGS)}")
-    return {**CONFIGS[name], **overrides}
+    """A copy of `CONFIGS[name]` (the paper's model `name`, `configs.UVIT_CONFIGS`) with
+    `overrides` applied; ValueError naming the known configs."""
+    return uvit_config(name, **overrides)
 
 
 def is_text_config(kwargs):
@@ -438,7 +400,7 @@ class UViT(Module):
     def save_pretrained(self, path, **extra):
         """Write `config.json` (the constructor arguments, plus `extra` entries such as how the
         weights were trained, under keys starting with `_`) and the weights as safetensors."""
-        from .weights import save_pretrained
+        from .weights import folder_config, save_pretrained
         save_pretrained(path, folder_config(self.config, extra), self.state_dict(),
                         class_name=type(self).__name__)
 
@@ -640,11 +602,6 @@ class UViTText(UViT):
 def config_of(arguments):
     """The constructor arguments of a U-ViT from its `locals()` (self, dtype and rng left out)."""
     return {k: v for k, v in arguments.items() if k not in ("self", "dtype", "rng", "__class__")}
-
-
-def folder_config(config, extra):
-    """config.json's content: the constructor arguments and `extra` under `_`-prefixed keys."""
-    return {**config, **{f"_{k}": v for k, v in extra.items() if v is not None}}
 
 
 def read_folder_config(config):

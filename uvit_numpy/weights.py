@@ -36,6 +36,12 @@ def find_model_folder(path, subfolder="transformer"):
                             f"{subfolder!r} subfolder")
 
 
+def folder_config(config, extra):
+    """config.json's content: a model's constructor arguments, and `extra` entries (how it was
+    trained, its sampling defaults) under `_`-prefixed keys, which loaders leave aside."""
+    return {**config, **{f"_{k}": v for k, v in extra.items() if v is not None}}
+
+
 def read_config(folder):
     """The config.json of a model folder, as a dict (diffusers' private `_` keys included)."""
     with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as f:

@@ -1,6 +1,6 @@
 """uvit_torch: the PyTorch port of uvit_numpy, with the same class and parameter names."""
 
-from . import functional
+from . import functional, maskgit
 from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
                      GlobalResponseNorm, LayerNorm, Linear, QKVAttention, RMSNorm, SiLU,
                      TimestepEmbedding)
@@ -10,7 +10,8 @@ from .uvit2d import (AdaLayerNormContinuous, BasicTransformerBlock, ConvMlmLayer
                      UVit2DConvEmbed, UVit2DModel, UVitBlock)
 
 __all__ = [
-    "functional", "Linear", "Embedding", "LayerNorm", "RMSNorm", "GlobalResponseNorm", "SiLU",
+    "functional", "maskgit", "Linear", "Embedding", "LayerNorm", "RMSNorm", "GlobalResponseNorm",
+    "SiLU",
     "GELU", "GEGLU", "Dropout", "Conv2d", "ConvTranspose2d", "Attention", "QKVAttention",
     "TimestepEmbedding",
 ]

@@ -13,7 +13,6 @@ into arrays for `uvit_numpy` (which cannot read a `.pth` itself: it never import
 import numpy as np
 import torch
 
-from uvit_numpy.checks import check_state_dict  # noqa: F401  (re-exported for uvit.py)
 
 
 def load_pth(path):

@@ -24,10 +24,15 @@ def check_tensor(name, x, optional=False):
 
 
 def global_response_norm(x, gamma, beta, eps=1e-6):
-    """ConvNeXt-V2 GRN, channel-last. x: (B, H, W, C); gamma, beta: (1, 1, 1, C)."""
+    """ConvNeXt-V2 GRN, channel-last. x: (B, H, W, C); gamma, beta: (1, 1, 1, C).
+
+    The per-channel L2 norm over H and W is taken as sqrt(sum(x^2)): the same number as
+    `torch.linalg.vector_norm(x, dim=(1, 2))` (what diffusers calls), about 10x faster on CPU for
+    a reduction over the middle axes.
+    """
     check_floating("global_response_norm: x", x)
     check_rank("global_response_norm: x", x, 4, "(B, H, W, C)")
-    g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+    g = x.square().sum(dim=(1, 2), keepdim=True).sqrt()  # (B, 1, 1, C)
     n = g / (g.mean(dim=-1, keepdim=True) + eps)
     return gamma * (x * n) + beta + x
 
@@ -98,3 +103,65 @@ def unpatchify(x, channels, grid=None):
             raise ValueError(f"unpatchify: expected h*w = {L} tokens, got grid {grid}")
     x = x.reshape(B, h, w, P, P, channels).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(B, channels, h * P, w * P)
+
+
+# --------------------------------------------------------------------------------------------------
+# aMUSEd's conditioning and its channel-last convolutions (twins of `uvit_numpy.functional`)
+# --------------------------------------------------------------------------------------------------
+def adaptive_modulation(x, scale, shift):
+    """x * (1 + scale) + shift with x (B, ..., C) and scale, shift (B, C)."""
+    B, C = x.shape[0], x.shape[-1]
+    if tuple(scale.shape) != (B, C) or tuple(shift.shape) != (B, C):
+        raise ValueError(f"adaptive_modulation: expected scale and shift of shape {(B, C)}, got "
+                         f"{tuple(scale.shape)} and {tuple(shift.shape)}")
+    shape = (B,) + (1,) * (x.ndim - 2) + (C,)
+    return torch.addcmul(shift.view(shape), x, 1 + scale.view(shape))
+
+
+def micro_conditioning(micro_conds, batch, encode_dim, dtype=torch.float32):
+    """(B, M) micro-conditions -> (B, M * encode_dim) sinusoids [cos | sin] per value, formed in
+    float64 and rounded once to `dtype`."""
+    flat = micro_conds.reshape(-1).to(torch.float64)
+    emb = get_timestep_embedding(flat, encode_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+    return emb.reshape(batch, -1).to(dtype)
+
+
+def conv1x1(x, weight, bias=None):
+    """A 1x1 conv on a channel-last map, as a linear map: x (..., C), weight (O, C, 1, 1)."""
+    return F.linear(x, weight[:, :, 0, 0], bias)
+
+
+def conv1x1_to_channels_first(x, weight, bias=None):
+    """A 1x1 conv from channel-last x (B, H, W, C) to (B, O, H, W) (a permuted view of the
+    channel-last product, like the output of a channels-last convolution)."""
+    return conv1x1(x, weight, bias).permute(0, 3, 1, 2)
+
+
+def conv2d_channels_last(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """`F.conv2d` on a channel-last map: x (B, H, W, C) -> (B, Ho, Wo, O)."""
+    y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, stride=stride, padding=padding,
+                 groups=groups)
+    return y.permute(0, 2, 3, 1)
+
+
+def depthwise_conv3x3(x, weight, bias=None):
+    """3x3 depthwise conv, zero padding 1, channel-last: x (B, H, W, C), weight (C, 1, 3, 3)."""
+    return conv2d_channels_last(x, weight, bias, padding=1, groups=x.shape[-1])
+
+
+def downsample_2x2(x, weight, bias=None):
+    """2x2 stride-2 conv without padding, channel-last (an odd last row/column is not read):
+    x (B, H, W, C), weight (O, C, 2, 2) -> (B, H // 2, W // 2, O)."""
+    return conv2d_channels_last(x, weight, bias, stride=2)
+
+
+def conv_transpose2d_channels_last(x, weight, bias=None, stride=1, padding=0):
+    """`F.conv_transpose2d` on a channel-last map: x (B, H, W, C) -> (B, Ho, Wo, O)."""
+    y = F.conv_transpose2d(x.permute(0, 3, 1, 2), weight, bias, stride=stride, padding=padding)
+    return y.permute(0, 2, 3, 1)
+
+
+def upsample_2x2(x, weight, bias=None):
+    """2x2 stride-2 transposed conv, channel-last: x (B, H, W, C), weight (C, O, 2, 2)
+    -> (B, 2H, 2W, O)."""
+    return conv_transpose2d_channels_last(x, weight, bias, stride=2)

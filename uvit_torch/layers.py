@@ -149,6 +149,41 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         return super().forward(x)
 
 
+class ChannelsLastConv2d(Conv2d):
+    """A `Conv2d` applied to channel-last maps, x (B, H, W, C) -> (B, Ho, Wo, O), as
+    `uvit_numpy.layers.ChannelsLastConv2d`: a 1x1 conv runs as a linear map, any other through
+    `F.conv2d` between two permutes. `channels_first_out=True` (1x1 only) returns (B, O, H, W)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 bias=True, channels_first_out=False, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         groups=groups, bias=bias, dtype=dtype)
+        pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1)
+                     and self.padding == (0, 0) and groups == 1)
+        if channels_first_out and not pointwise:
+            raise ValueError(f"ChannelsLastConv2d: channels_first_out needs a 1x1 convolution, "
+                             f"got kernel_size={kernel_size}, stride={stride}, padding={padding}")
+        self.pointwise, self.channels_first_out = pointwise, channels_first_out
+
+    def forward(self, x):
+        check_floating("ChannelsLastConv2d: x", x)
+        check_rank("ChannelsLastConv2d: x", x, 4, "(B, H, W, C)")
+        check_dim("ChannelsLastConv2d: x", x, -1, self.in_channels, "channels")
+        if self.channels_first_out:
+            return UF.conv1x1_to_channels_first(x, self.weight, self.bias)
+        if self.pointwise:
+            return UF.conv1x1(x, self.weight, self.bias)
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class ChannelsLastConvTranspose2d(ConvTranspose2d):
+    """A `ConvTranspose2d` applied to channel-last maps: x (B, H, W, C) -> (B, Ho, Wo, O)."""
+
+    def forward(self, x):
+        check_rank("ChannelsLastConvTranspose2d: x", x, 4, "(B, H, W, C)")
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 class Attention(nn.Module):
     """Multi-head (self or cross) attention as diffusers' `Attention`, via SDPA."""
 

@@ -33,7 +33,7 @@ def sample_digits(digit_model, labels, seed=0, scheduler=None, steps=None, guida
                   temperature=None, eta=None, batch_size=250):
     """Digits of the given labels: images (N, 28, 28) float32 NumPy array in [0, 1]."""
     from .sampling import sample
-    from .uvit2d import generate
+    from .maskgit import generate
     labels = np.asarray(labels, dtype=np.int64)
     s = settings(digit_model, scheduler, steps, guidance_scale, temperature, eta)
     model = digit_model.model

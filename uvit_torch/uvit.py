@@ -11,14 +11,13 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from uvit_numpy.checks import check_floating, check_rank
+from uvit_numpy.checks import check_floating, check_rank, check_state_dict
 from uvit_numpy.uvit import (CONFIGS, DESCRIPTIONS, check_context, check_image, check_labels,
-                             check_sizes, check_timesteps, config, config_of, folder_config,
-                             read_folder_config,
-                             is_text_config)
+                             check_sizes, check_timesteps, config, config_of, is_text_config,
+                             read_folder_config)
+from uvit_numpy.weights import folder_config
 
 from . import functional as UF
-from .checkpoint import check_state_dict
 from .layers import GELU, Conv2d, Dropout, Embedding, LayerNorm, Linear, QKVAttention, SiLU
 
 __all__ = ["CONFIGS", "DESCRIPTIONS", "PatchEmbed", "Mlp", "Attention", "Block", "UViT",

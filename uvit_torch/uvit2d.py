@@ -15,102 +15,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uvit_numpy.checks import (check_batch, check_dim, check_floating, check_integer,
-                               check_rank, check_state_dict)
-from uvit_numpy.uvit2d import (CONFIG_DEFAULTS, CONFIGS, check_model_inputs,
-                               check_transformer_block_options, decoding_temperatures,
-                               masked_count, resolve_config)
+from uvit_numpy.checks import check_batch, check_dim, check_floating, check_rank, check_state_dict
+from uvit_numpy.configs import CONFIG_DEFAULTS, CONFIGS, resolve_config
+from uvit_numpy.uvit2d import check_model_inputs, check_transformer_block_options
 
 from . import functional as UF
-from .layers import (GEGLU, GELU, Attention, Conv2d, ConvTranspose2d, Dropout, Embedding,
-                     GlobalResponseNorm, LayerNorm, Linear, RMSNorm, SiLU, TimestepEmbedding)
+from .layers import (GEGLU, GELU, Attention, ChannelsLastConv2d, ChannelsLastConvTranspose2d,
+                     Dropout, Embedding, GlobalResponseNorm, LayerNorm, Linear, RMSNorm, SiLU,
+                     TimestepEmbedding)
 
 __all__ = [
     "CONFIGS", "CONFIG_DEFAULTS", "resolve_config",
-    "gelu", "geglu", "adaptive_modulation", "scale_shift", "depthwise_conv3x3", "downsample_2x2",
-    "global_response_norm",
-    "upsample_2x2", "micro_conditioning", "gumbel_noise", "masked_decoding_step", "generate",
     "UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
     "SkipFFTransformerBlock", "BasicTransformerBlock", "Attention", "FeedForward",
     "AdaLayerNormContinuous", "TimestepEmbedding", "Downsample2D", "Upsample2D",
 ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Functions (twins of the NumPy ones)
-# --------------------------------------------------------------------------------------------------
-def gelu(x):
-    """Exact (erf) GELU in x's dtype."""
-    return F.gelu(x)
-
-
-def geglu(u):
-    """(..., 2F) -> (..., F): value * gelu(gate), value the first half."""
-    return UF.geglu(u)
-
-
-def scale_shift(cond, weight, bias=None):
-    """(scale, shift), each (B, C), from Lin(silu(cond)) with weight (2C, D): scale first."""
-    return F.linear(F.silu(cond), weight, bias).chunk(2, dim=-1)
-
-
-def adaptive_modulation(x, scale, shift):
-    """x * (1 + scale) + shift with x (B, ..., C) and scale, shift (B, C)."""
-    B, C = x.shape[0], x.shape[-1]
-    if tuple(scale.shape) != (B, C) or tuple(shift.shape) != (B, C):
-        raise ValueError(f"adaptive_modulation: expected scale and shift of shape {(B, C)}, got "
-                         f"{tuple(scale.shape)} and {tuple(shift.shape)}")
-    shape = (B,) + (1,) * (x.ndim - 2) + (C,)
-    return torch.addcmul(shift.view(shape), x, 1 + scale.view(shape))
-
-
-def depthwise_conv3x3(x, weight, bias=None):
-    """3x3 depthwise conv, zero padding 1, channel-last: x (B, H, W, C), weight (C, 1, 3, 3)."""
-    y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=1, groups=x.shape[-1])
-    return y.permute(0, 2, 3, 1)
-
-
-def downsample_2x2(x, weight, bias=None):
-    """2x2 stride-2 conv, channel-last; odd sides zero-padded at the bottom / right.
-    x (B, H, W, C), weight (O, C, 2, 2) -> (B, ceil(H/2), ceil(W/2), O)."""
-    x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))
-    return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, stride=2).permute(0, 2, 3, 1)
-
-
-def upsample_2x2(x, weight, bias=None):
-    """2x2 stride-2 transposed conv, channel-last: x (B, H, W, C), weight (C, O, 2, 2)
-    -> (B, 2H, 2W, O)."""
-    return F.conv_transpose2d(x.permute(0, 3, 1, 2), weight, bias, stride=2).permute(0, 2, 3, 1)
-
-
-def global_response_norm(x, gamma, beta, eps=1e-6):
-    """ConvNeXt-V2's GRN, channel-last: x (B, H, W, C), gamma and beta (1, 1, 1, C).
-
-    The per-channel L2 norm over H and W is taken as sqrt(sum(x^2)): the same number as
-    `torch.linalg.vector_norm(x, dim=(1, 2))` (what diffusers calls), about 10x faster on CPU for
-    a reduction over the middle axes.
-    """
-    g = x.square().sum(dim=(1, 2), keepdim=True).sqrt()  # (B, 1, 1, C)
-    n = g / (g.mean(dim=-1, keepdim=True) + eps)
-    return gamma * (x * n) + beta + x
-
-
-def micro_conditioning(micro_conds, batch, encode_dim, dtype=torch.float32):
-    """(B, M) micro-conditions -> (B, M * encode_dim) sinusoids [cos | sin] per value, formed in
-    float64 and rounded once to `dtype`."""
-    flat = micro_conds.reshape(-1).to(torch.float64)
-    emb = UF.get_timestep_embedding(flat, encode_dim, flip_sin_to_cos=True,
-                                    downscale_freq_shift=0)
-    return emb.reshape(batch, -1).to(dtype)
-
-
-def _linear_nhwc(x, conv):
-    """A 1x1 conv applied channel-last as a linear map: x (..., in) -> (..., out)."""
-    return F.linear(x, conv.weight[:, :, 0, 0], conv.bias)
-
-
-def _conv_nhwc(conv, x):
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,7 +59,7 @@ class AdaLayerNormContinuous(nn.Module):
                     x.shape[0])
         emb = self.linear(self.silu(conditioning_embedding).to(x.dtype))
         scale, shift = emb.chunk(2, dim=1)
-        return adaptive_modulation(self.norm(x), scale, shift)
+        return UF.adaptive_modulation(self.norm(x), scale, shift)
 
 
 class FeedForward(nn.Module):
@@ -198,8 +117,8 @@ class ConvNextBlock(nn.Module):
                  hidden_size, res_ffn_factor=4, dtype=None):
         super().__init__()
         inner = int(channels * res_ffn_factor)
-        self.depthwise = Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels,
-                                bias=use_bias, dtype=dtype)
+        self.depthwise = ChannelsLastConv2d(channels, channels, kernel_size=3, padding=1,
+                                            groups=channels, bias=use_bias, dtype=dtype)
         self.norm = RMSNorm(channels, layer_norm_eps, ln_elementwise_affine, dtype=dtype)
         self.channelwise_linear_1 = Linear(channels, inner, bias=use_bias, dtype=dtype)
         self.channelwise_act = GELU()
@@ -212,15 +131,13 @@ class ConvNextBlock(nn.Module):
         check_floating("ConvNextBlock: x", x)
         check_rank("ConvNextBlock: x", x, 4, "(B, H, W, C)")
         check_batch("ConvNextBlock: cond_embeds", cond_embeds, x.shape[0])
-        h = depthwise_conv3x3(x, self.depthwise.weight, self.depthwise.bias)
-        h = self.norm(h)
+        h = self.norm(self.depthwise(x))
         h = self.channelwise_act(self.channelwise_linear_1(h))
-        grn = self.channelwise_norm                       # its parameters, the faster reduction
-        h = global_response_norm(h, grn.gamma, grn.beta)
+        h = self.channelwise_norm(h)
         h = self.channelwise_dropout(self.channelwise_linear_2(h))
         h = h + x
         scale, shift = self.cond_embeds_mapper(F.silu(cond_embeds)).chunk(2, dim=1)
-        return adaptive_modulation(h, scale, shift)
+        return UF.adaptive_modulation(h, scale, shift)
 
 
 def _make_sampler_norm(cls_name, norm_type, channels, eps, elementwise_affine, dtype):
@@ -246,13 +163,13 @@ class Downsample2D(nn.Module):
         self.norm = _make_sampler_norm("Downsample2D", norm_type, channels, eps,
                                        elementwise_affine, dtype)
         if use_conv:
-            conv = Conv2d(channels, self.out_channels, kernel_size=kernel_size, stride=2,
-                          padding=padding, bias=bias, dtype=dtype)
+            conv = ChannelsLastConv2d(channels, self.out_channels, kernel_size=kernel_size,
+                                      stride=2, padding=padding, bias=bias, dtype=dtype)
         else:
             if self.out_channels != channels:
                 raise ValueError(f"Downsample2D: average pooling keeps the channels, got "
                                  f"channels={channels}, out_channels={self.out_channels}")
-            conv = nn.AvgPool2d(kernel_size=2, stride=2)
+            conv = None
         if name == "conv":
             self.Conv2d_0 = conv
         self.conv = conv
@@ -262,9 +179,11 @@ class Downsample2D(nn.Module):
         check_rank("Downsample2D: hidden_states", hidden_states, 4, "(B, H, W, C)")
         check_dim("Downsample2D: hidden_states", hidden_states, -1, self.channels, "channels")
         x = hidden_states if self.norm is None else self.norm(hidden_states)
-        if self.use_conv and self.padding == 0:
+        if not self.use_conv:                             # 2x2 average pool, odd edges dropped
+            return F.avg_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        if self.padding == 0:
             x = F.pad(x, (0, 0, 0, 1, 0, 1))              # one zero row / column, bottom / right
-        return _conv_nhwc(self.conv, x)
+        return self.conv(x)
 
 
 class Upsample2D(nn.Module):
@@ -282,13 +201,13 @@ class Upsample2D(nn.Module):
                                        elementwise_affine, dtype)
         conv = None
         if use_conv_transpose:
-            conv = ConvTranspose2d(channels, self.out_channels,
-                                   kernel_size=4 if kernel_size is None else kernel_size,
-                                   stride=2, padding=padding, bias=bias, dtype=dtype)
+            conv = ChannelsLastConvTranspose2d(
+                channels, self.out_channels, kernel_size=4 if kernel_size is None else kernel_size,
+                stride=2, padding=padding, bias=bias, dtype=dtype)
         elif use_conv:
-            conv = Conv2d(channels, self.out_channels,
-                          kernel_size=3 if kernel_size is None else kernel_size, padding=padding,
-                          bias=bias, dtype=dtype)
+            conv = ChannelsLastConv2d(channels, self.out_channels,
+                                      kernel_size=3 if kernel_size is None else kernel_size,
+                                      padding=padding, bias=bias, dtype=dtype)
         if name == "conv":
             self.conv = conv
         else:
@@ -299,15 +218,14 @@ class Upsample2D(nn.Module):
         check_rank("Upsample2D: hidden_states", hidden_states, 4, "(B, H, W, C)")
         check_dim("Upsample2D: hidden_states", hidden_states, -1, self.channels, "channels")
         x = hidden_states if self.norm is None else self.norm(hidden_states)
+        conv = self.conv if self.name == "conv" else self.Conv2d_0
         if self.use_conv_transpose:
-            return _conv_nhwc(self.conv, x)
+            return conv(x)
         if self.interpolate:
             if output_size is not None:
                 raise NotImplementedError("Upsample2D: output_size is not implemented")
             x = x.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
-        if self.use_conv:
-            x = _conv_nhwc(self.conv if self.name == "conv" else self.Conv2d_0, x)
-        return x
+        return conv(x) if self.use_conv else x
 
 
 class BasicTransformerBlock(nn.Module):
@@ -418,11 +336,12 @@ class UVit2DConvEmbed(nn.Module):
         super().__init__()
         self.embeddings = Embedding(vocab_size, in_channels, dtype=dtype)
         self.layer_norm = RMSNorm(in_channels, eps, elementwise_affine, dtype=dtype)
-        self.conv = Conv2d(in_channels, block_out_channels, kernel_size=1, bias=bias, dtype=dtype)
+        self.conv = ChannelsLastConv2d(in_channels, block_out_channels, kernel_size=1, bias=bias,
+                                       dtype=dtype)
 
     def forward(self, input_ids):
         check_rank("UVit2DConvEmbed: input_ids", input_ids, 3, "(B, H, W)")
-        return _linear_nhwc(self.layer_norm(self.embeddings(input_ids)), self.conv)
+        return self.conv(self.layer_norm(self.embeddings(input_ids)))
 
 
 class ConvMlmLayer(nn.Module):
@@ -432,17 +351,16 @@ class ConvMlmLayer(nn.Module):
     def __init__(self, block_out_channels, in_channels, use_bias, ln_elementwise_affine,
                  layer_norm_eps, codebook_size, dtype=None):
         super().__init__()
-        self.conv1 = Conv2d(block_out_channels, in_channels, kernel_size=1, bias=use_bias,
-                            dtype=dtype)
+        self.conv1 = ChannelsLastConv2d(block_out_channels, in_channels, kernel_size=1,
+                                        bias=use_bias, dtype=dtype)
         self.layer_norm = RMSNorm(in_channels, layer_norm_eps, ln_elementwise_affine, dtype=dtype)
-        self.conv2 = Conv2d(in_channels, codebook_size, kernel_size=1, bias=use_bias, dtype=dtype)
+        self.conv2 = ChannelsLastConv2d(in_channels, codebook_size, kernel_size=1, bias=use_bias,
+                                        channels_first_out=True, dtype=dtype)
 
     def forward(self, hidden_states):
         check_floating("ConvMlmLayer: hidden_states", hidden_states)
         check_rank("ConvMlmLayer: hidden_states", hidden_states, 4, "(B, H, W, C)")
-        h = self.layer_norm(_linear_nhwc(hidden_states, self.conv1))  # (B, H, W, in_channels)
-        logits = _linear_nhwc(h, self.conv2)                          # (B, H, W, K)
-        return logits.permute(0, 3, 1, 2)                             # (B, K, H, W), a view
+        return self.conv2(self.layer_norm(self.conv1(hidden_states)))  # (B, K, H, W), a view
 
 
 # --------------------------------------------------------------------------------------------------
@@ -524,7 +442,7 @@ class UVit2DModel(nn.Module):
         """Write config.json + diffusion_pytorch_model.safetensors that diffusers can load;
         `extra` entries (how the weights were trained, say) go under `_`-prefixed keys, which
         diffusers and `from_pretrained` leave aside."""
-        from uvit_numpy.uvit import folder_config
+        from uvit_numpy.weights import folder_config
 
         from .weights import save_pretrained
         save_pretrained(path, folder_config(self.config, extra), self.state_dict())
@@ -547,7 +465,7 @@ class UVit2DModel(nn.Module):
                                      pooled_text_emb, micro_conds)
         dt = self.dtype
         ctx = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states.to(dt)))
-        micro = micro_conditioning(micro_conds, B, self._config["micro_cond_encode_dim"], dt)
+        micro = UF.micro_conditioning(micro_conds, B, self._config["micro_cond_encode_dim"], dt)
         cond = self.cond_embed(torch.cat([pooled_text_emb.to(dt), micro], dim=1))
         x = self.down_block(self.embed(input_ids), cond, ctx)
         B, H1, W1, C = x.shape
@@ -557,96 +475,3 @@ class UVit2DModel(nn.Module):
         z = self.project_from_hidden(self.project_from_hidden_norm(z))
         x = self.up_block(z.view(B, H1, W1, C), cond, ctx)
         return self.mlm_layer(x)
-
-
-# --------------------------------------------------------------------------------------------------
-# Masked-token decoding
-# --------------------------------------------------------------------------------------------------
-def gumbel_noise(u):
-    """Gumbel(0, 1) samples from uniforms u: -log(-log(u)), both logs clamped at 1e-20."""
-    return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))
-
-
-def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, temperature=1.0,
-                         generator=None, schedule="cosine", starting_mask_ratio=1.0, noise=None):
-    """One MaskGIT step (see `uvit_numpy.uvit2d.masked_decoding_step`). logits (B, K, H, W),
-    tokens (B, H, W). Uniforms come from `generator` (a torch.Generator) unless given as
-    `noise=(u_sample, u_gumbel)`. Returns (next_tokens, predicted), both (B, H, W)."""
-    UF.check_tensor("masked_decoding_step: logits", logits)
-    UF.check_tensor("masked_decoding_step: tokens", tokens)
-    check_floating("masked_decoding_step: logits", logits)
-    check_rank("masked_decoding_step: logits", logits, 4, "(B, K, H, W)")
-    check_integer("masked_decoding_step: tokens", tokens)
-    B, K, H, W = logits.shape
-    if tuple(tokens.shape) != (B, H, W):
-        raise ValueError(f"masked_decoding_step: expected tokens of shape {(B, H, W)} to match "
-                         f"logits {tuple(logits.shape)}, got {tuple(tokens.shape)}")
-    if not 0 <= step < num_steps:
-        raise ValueError(f"masked_decoding_step: expected 0 <= step < {num_steps}, got {step}")
-    L = H * W
-    if noise is None:
-        noise = (torch.rand((B, L), generator=generator, dtype=torch.float64),
-                 torch.rand((B, L), generator=generator, dtype=torch.float64))
-    u_sample, u_gumbel = (torch.as_tensor(u).reshape(B, L) for u in noise)
-    tok = tokens.reshape(B, L)
-    unknown = tok == mask_token_id
-    probs = torch.softmax(logits.reshape(B, K, L).transpose(1, 2).to(torch.float64), dim=-1)
-    cdf = torch.cumsum(probs, dim=-1)
-    sampled = (cdf < (u_sample.to(torch.float64) * cdf[..., -1])[..., None]).sum(dim=-1)
-    sampled = sampled.clamp(max=K - 1)
-    predicted = torch.where(unknown, sampled, tok)
-    if step == num_steps - 1:
-        out = predicted.reshape(B, H, W)
-        return out, out
-    count = masked_count(L, step, num_steps, schedule, starting_mask_ratio)  # float32, as diffusers
-    mask_len = torch.full((B,), count, dtype=torch.long)
-    mask_len = torch.minimum(unknown.sum(dim=-1) - 1, mask_len).clamp(min=1)
-    chosen = torch.gather(probs, -1, predicted[..., None])[..., 0]
-    chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)
-    confidence = (torch.log(chosen.clamp(min=1e-20))
-                  + temperature * gumbel_noise(u_gumbel.to(torch.float64)))
-    cut = torch.gather(torch.sort(confidence, dim=-1).values, 1, mask_len[:, None])
-    next_tokens = torch.where(confidence < cut, mask_token_id, predicted)
-    return next_tokens.reshape(B, H, W), predicted.reshape(B, H, W)
-
-
-@torch.no_grad()
-def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height, width,
-             num_steps=12, temperature=(2.0, 0.0), mask_token_id=None, guidance_scale=0.0,
-             negative_encoder_hidden_states=None, negative_pooled_text_emb=None, generator=None,
-             schedule="cosine", noise=None, return_history=False):
-    """MaskGIT decoding from an all-mask grid (see `uvit_numpy.uvit2d.generate`)."""
-    for name, value in (("encoder_hidden_states", encoder_hidden_states),
-                        ("pooled_text_emb", pooled_text_emb), ("micro_conds", micro_conds)):
-        UF.check_tensor(f"generate: {name}", value)
-    UF.check_tensor("generate: negative_encoder_hidden_states", negative_encoder_hidden_states,
-                    optional=True)
-    UF.check_tensor("generate: negative_pooled_text_emb", negative_pooled_text_emb,
-                    optional=True)
-    B = encoder_hidden_states.shape[0]
-    if mask_token_id is None:
-        mask_token_id = model.config["vocab_size"] - 1
-    temps = decoding_temperatures(temperature, num_steps)   # float32, as the scheduler's
-    guided = guidance_scale > 1.0
-    if guided:
-        if negative_encoder_hidden_states is None or negative_pooled_text_emb is None:
-            raise ValueError("generate: guidance_scale > 1 needs negative_encoder_hidden_states "
-                             "and negative_pooled_text_emb")
-        ehs = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])
-        pooled = torch.cat([negative_pooled_text_emb, pooled_text_emb])
-        mc = torch.cat([micro_conds, micro_conds])
-    else:
-        ehs, pooled, mc = encoder_hidden_states, pooled_text_emb, micro_conds
-    tokens = torch.full((B, height, width), mask_token_id, dtype=torch.long)
-    history = []
-    for step in range(num_steps):
-        model_in = torch.cat([tokens, tokens]) if guided else tokens
-        logits = model(model_in, ehs, pooled, mc)
-        if guided:
-            uncond, cond = logits[:B], logits[B:]
-            logits = uncond + guidance_scale * (cond - uncond)
-        tokens, _ = masked_decoding_step(
-            logits, tokens, step, num_steps, mask_token_id, temperature=float(temps[step]),
-            generator=generator, schedule=schedule, noise=None if noise is None else noise[step])
-        history.append(tokens)
-    return (tokens, history) if return_history else tokens

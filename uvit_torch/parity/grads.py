@@ -29,11 +29,9 @@ import torch.nn.functional as TF
 
 import uvit_numpy.functional as NF
 import uvit_numpy.losses as NLoss
-import uvit_numpy.uvit2d as N2
 from uvit_numpy.module import Module
 
 from .. import functional as UF
-from .. import uvit2d as T2
 from . import Case
 from .harness import to_numpy
 
@@ -210,15 +208,9 @@ def _sdpa_backward(dy, cache):
     return NF.scaled_dot_product_attention_backward(dy, cache)
 
 
-def _split_pair(fn):
-    """A function returning (a, b) as one array (their concatenation on the last axis)."""
-    return lambda *xs: torch.cat(fn(*xs), dim=-1)
-
-
 def function_cases():
     """The functional forward/backward pairs of both models."""
     nograd = dict(return_cache=True)
-    half = 6                                                       # scale_shift's C
     return [
         function_case("linear (B, 5, 33) -> 17", lambda x, w, b: NF.linear(x, w, b, **nograd),
                       NF.linear_backward, TF.linear, [(5, 33), (None, 17, 33), (None, 17)]),
@@ -239,10 +231,13 @@ def function_cases():
                       lambda x: TF.rms_norm(x, (x.shape[-1],), None, 1e-6), [(5, 33)]),
         function_case("global_response_norm", lambda x, g, b: NF.global_response_norm(
                           x, g, b, **nograd), NF.global_response_norm_backward,
-                      T2.global_response_norm, [(5, 7, 13), (None, 1, 1, 1, 13),
+                      UF.global_response_norm, [(5, 7, 13), (None, 1, 1, 1, 13),
                                                 (None, 1, 1, 1, 13)]),
         function_case("softmax", _softmax_forward, lambda dy, p: NF.softmax_backward(dy, p),
                       lambda x: torch.softmax(x, -1), [(4, 9)], scale=5.0),
+        function_case("attention_weights", lambda q, k: NF.attention_weights(q, k, **nograd),
+                      NF.attention_weights_backward, _attention_weights_torch,
+                      [(3, 5, 8), (3, 7, 8)], scale=2.0),
         function_case("scaled_dot_product_attention self",
                       lambda q, k, v: NF.scaled_dot_product_attention(q, k, v, **nograd),
                       _sdpa_backward, TF.scaled_dot_product_attention,
@@ -260,12 +255,8 @@ def function_cases():
         function_case("gelu tanh", lambda x: (NF.gelu(x, "tanh"), x),
                       lambda dy, x: NF.gelu_backward(dy, x, "tanh"),
                       lambda x: TF.gelu(x, approximate="tanh"), [(7, 33)], scale=3.0),
-        function_case("gelu (uvit2d, fast float32)", lambda x: (N2.gelu(x), x),
-                      lambda dy, x: N2.gelu_backward(dy, x), TF.gelu, [(7, 33)], scale=3.0),
         function_case("geglu", lambda u: (NF.geglu(u), u),
-                      lambda dy, u: NF.geglu_backward(dy, u), T2.geglu, [(5, 2 * 9)], scale=2.0),
-        function_case("geglu (uvit2d)", lambda u: (N2.geglu(u), u),
-                      lambda dy, u: N2.geglu_backward(dy, u), T2.geglu, [(5, 2 * 9)], scale=2.0),
+                      lambda dy, u: NF.geglu_backward(dy, u), UF.geglu, [(5, 2 * 9)], scale=2.0),
         function_case("silu", lambda x: (NF.silu(x), x),
                       lambda dy, x: NF.silu_backward(dy, x), TF.silu, [(7, 33)], scale=4.0),
         function_case("conv2d 3x3 stride 2 pad 1",
@@ -285,23 +276,38 @@ def function_cases():
                       NF.conv_transpose2d_backward,
                       lambda x, w, b: TF.conv_transpose2d(x, w, b, 2, 1),
                       [(5, 3, 4), (None, 5, 6, 4, 4), (None, 6)]),
+        function_case("conv1x1 (channel-last)", lambda x, w, b: NF.conv1x1(x, w, b, **nograd),
+                      NF.conv1x1_backward, UF.conv1x1,
+                      [(5, 6, 7), (None, 4, 7, 1, 1), (None, 4)]),
+        function_case("conv1x1_to_channels_first",
+                      lambda x, w, b: NF.conv1x1_to_channels_first(x, w, b, **nograd),
+                      NF.conv1x1_to_channels_first_backward, UF.conv1x1_to_channels_first,
+                      [(5, 6, 7), (None, 9, 7, 1, 1), (None, 9)]),
         function_case("depthwise_conv3x3 (channel-last)",
-                      lambda x, w, b: N2.depthwise_conv3x3(x, w, b, **nograd),
-                      N2.depthwise_conv3x3_backward, T2.depthwise_conv3x3,
+                      lambda x, w, b: NF.depthwise_conv3x3(x, w, b, **nograd),
+                      NF.depthwise_conv3x3_backward, UF.depthwise_conv3x3,
                       [(5, 6, 7), (None, 7, 1, 3, 3), (None, 7)]),
         function_case("downsample_2x2 odd grid 5x7",
-                      lambda x, w, b: N2.downsample_2x2(x, w, b, **nograd),
-                      N2.downsample_2x2_backward, T2.downsample_2x2,
+                      lambda x, w, b: NF.downsample_2x2(x, w, b, **nograd),
+                      NF.downsample_2x2_backward, UF.downsample_2x2,
                       [(5, 7, 6), (None, 8, 6, 2, 2), (None, 8)]),
-        function_case("upsample_2x2", lambda x, w, b: N2.upsample_2x2(x, w, b, **nograd),
-                      N2.upsample_2x2_backward, T2.upsample_2x2,
+        function_case("upsample_2x2", lambda x, w, b: NF.upsample_2x2(x, w, b, **nograd),
+                      NF.upsample_2x2_backward, UF.upsample_2x2,
                       [(3, 4, 6), (None, 6, 5, 2, 2), (None, 5)]),
+        function_case("conv2d_channels_last 3x3 stride 2",
+                      lambda x, w, b: NF.conv2d_channels_last(x, w, b, 2, 1, **nograd),
+                      NF.conv2d_channels_last_backward,
+                      lambda x, w, b: UF.conv2d_channels_last(x, w, b, 2, 1),
+                      [(5, 7, 3), (None, 4, 3, 3, 3), (None, 4)]),
+        function_case("conv_transpose2d_channels_last 4x4 stride 2 pad 1",
+                      lambda x, w, b: NF.conv_transpose2d_channels_last(x, w, b, 2, 1, **nograd),
+                      NF.conv_transpose2d_channels_last_backward,
+                      lambda x, w, b: UF.conv_transpose2d_channels_last(x, w, b, 2, 1),
+                      [(3, 4, 5), (None, 5, 6, 4, 4), (None, 6)]),
         function_case("adaptive_modulation x(1 + scale) + shift",
-                      lambda x, s, t: N2.adaptive_modulation(x, s, t, **nograd),
-                      N2.adaptive_modulation_backward, T2.adaptive_modulation,
+                      lambda x, s, t: NF.adaptive_modulation(x, s, t, **nograd),
+                      NF.adaptive_modulation_backward, UF.adaptive_modulation,
                       [(4, 5, 6), (6,), (6,)]),
-        function_case("scale_shift", _scale_shift_forward, _scale_shift_backward,
-                      _split_pair(T2.scale_shift), [(9,), (None, 2 * half, 9), (None, 2 * half)]),
         function_case("concat / split (long skip)",
                       lambda x, s: (np.concatenate([x, s], axis=-1), x.shape[-1]),
                       lambda dy, D: NF.concat_backward(dy, (D, dy.shape[-1] - D)),
@@ -320,14 +326,9 @@ def function_cases():
     ]
 
 
-def _scale_shift_forward(cond, weight, bias):
-    (scale, shift), cache = N2.scale_shift(cond, weight, bias, return_cache=True)
-    return np.concatenate([scale, shift], axis=-1), cache
-
-
-def _scale_shift_backward(dy, cache):
-    C = dy.shape[-1] // 2
-    return N2.scale_shift_backward(dy[:, :C], dy[:, C:], cache)
+def _attention_weights_torch(q, k):
+    """softmax(q k^T / sqrt(hd)) over the keys, in torch."""
+    return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
 
 
 def _softmax_forward(x):
