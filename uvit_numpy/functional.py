@@ -255,6 +255,24 @@ def gelu_backward(dy, x, approximate="none"):
     raise ValueError(f"gelu_backward: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
+def quick_gelu(x):
+    """CLIP's sigmoid approximation of GELU: x * sigmoid(1.702 x). Same shape as x.
+
+    OpenAI trained CLIP with it (transformers' `quick_gelu`); it differs from the exact GELU by up
+    to ~0.02, so a CLIP checkpoint must run with the activation it was trained with.
+    The sigmoid is scipy's `expit` (no overflow for large negative x; float32 stays float32).
+    """
+    check_floating("quick_gelu: x", x)
+    return x * expit(1.702 * x)
+
+
+def quick_gelu_backward(dy, x):
+    """Gradient of `quick_gelu` at x: dy * (s + 1.702 x s (1 - s)), s = sigmoid(1.702 x)
+    (the product rule; the chain rule brings the 1.702)."""
+    s = expit(1.702 * x)
+    return dy * (s + 1.702 * x * s * (1.0 - s))
+
+
 def geglu(x):
     """Gated GELU: split the last axis in halves (value, gate) and return value * gelu(gate).
 
@@ -324,11 +342,24 @@ def dropout_backward(dy, cache):
 # --------------------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------------------
+def causal_mask(L, S=None):
+    """The causal mask: (L, S) booleans, True where query i may attend to key j, i.e. j <= i.
+
+    Lower-triangular and aligned at the top-left corner, as torch's `is_causal=True` (S defaults
+    to L). In a causal text encoder (CLIP) token i sees only tokens 0..i, so the features of every
+    token up to the end-of-text token do not depend on the padding that follows it.
+    """
+    S = L if S is None else S
+    return np.tril(np.ones((L, S), dtype=bool))          # (L, S), row i True up to column i
+
+
 def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False,
-                                 return_cache=False):
+                                 return_cache=False, is_causal=False):
     """softmax(q k^T * scale) v over the last two axes.
 
     q: (B, nh, L, hd). k, v: (B, nh, S, hd). scale defaults to 1/sqrt(hd).
+    is_causal: scores where `causal_mask(L, S)` is False are set to -inf before the softmax, so
+    those weights are exactly 0 (torch's `is_causal=True`).
     Returns (B, nh, L, hd), and the attention weights (B, nh, L, S) if `return_weights`.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -340,6 +371,8 @@ def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False,
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     scores = (q @ k.swapaxes(-1, -2)) * scale             # (B, nh, L, hd) @ (B, nh, hd, S)
+    if is_causal:                                         # every row keeps key 0: no empty row
+        scores = np.where(causal_mask(q.shape[-2], k.shape[-2]), scores, -np.inf)
     weights = softmax(scores, axis=-1)                    # (B, nh, L, S)
     out = weights @ v                                     # (B, nh, L, S) @ (B, nh, S, hd)
     result = (out, weights) if return_weights else out
@@ -353,7 +386,8 @@ def scaled_dot_product_attention_backward(dout, cache):
         dv = P^T dO,  dP = dO v^T,  dS = P (dP - rowsum(dP P)),
         dq = scale dS k,  dk = scale dS^T q.
     The scale multiplies dS once, for both dq and dk. rowsum(dP P) equals rowsum(dO O)
-    (FlashAttention's identity), the cheaper form used here.
+    (FlashAttention's identity), the cheaper form used here. A causal forward needs nothing more:
+    its masked weights are exactly 0, so P (...) is 0 there and no gradient crosses the mask.
     """
     q, k, v, weights, scale = cache
     out = weights @ v                                     # O, (B, nh, L, hd)

@@ -98,3 +98,9 @@ def unpatchify(x, channels, grid=None):
             raise ValueError(f"unpatchify: expected h*w = {L} tokens, got grid {grid}")
     x = x.reshape(B, h, w, P, P, channels).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(B, channels, h * P, w * P)
+
+
+def quick_gelu(x):
+    """CLIP's x * sigmoid(1.702 x), as transformers' `quick_gelu` (torch ships no such function)."""
+    check_floating("quick_gelu: x", x)
+    return x * torch.sigmoid(1.702 * x)
