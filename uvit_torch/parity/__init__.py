@@ -94,13 +94,14 @@ def all_cases(against_diffusers=False, config=None):
 
 
 # Modules that add cases (each defines `cases()`); the models register here.
-PARITY_MODULES = ["uvit", "uvit2d", "schedulers"]
+PARITY_MODULES = ["uvit", "uvit2d", "schedulers", "clip"]
 
 
 def format_table(rows, labels=("numpy ms", "torch ms")):
     """The forward report, within 100 columns: case, dtype, batch, output shape, errors, verdict,
     time on each side in milliseconds (the inputs' shapes are in each case's failure detail)."""
-    names = [r.name.removesuffix(" vs diffusers") for r in rows]  # the labels say who is who
+    names = [r.name.removesuffix(" vs diffusers").removesuffix(" vs transformers")
+             for r in rows]                                # the labels say who is who
     w = min(42, max([20] + [len(n) for n in names]))
     head = (f"{'case':<{w}} {'dt':<3} {'B':>1} {'output':<11} {'max abs':>8} {'max rel':>8} "
             f"{'ok':<4} {labels[0]:>8} {labels[1]:>8}")
