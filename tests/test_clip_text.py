@@ -186,11 +186,13 @@ def test_clip_vit_large_text_tower_matches_transformers():
 # --------------------------------------------------------------------------------------------------
 # Folders
 # --------------------------------------------------------------------------------------------------
-def _rewrite_keys(folder, rename):
+def _rewrite_keys(folder, rename, add=None):
+    """Rename the keys of a folder's model.safetensors, and add the arrays of `add`."""
     from safetensors.numpy import load_file, save_file
     path = os.path.join(folder, "model.safetensors")
-    arrays = load_file(path)
-    save_file({rename(k): v for k, v in arrays.items()}, path, metadata={"format": "pt"})
+    arrays = {rename(k): v for k, v in load_file(path).items()}
+    arrays.update({k: np.ascontiguousarray(v) for k, v in (add or {}).items()})
+    save_file(arrays, path, metadata={"format": "pt"})
 
 
 @pytest.mark.parametrize("layout", ["CLIPTextModel transformers 5",
@@ -275,6 +277,26 @@ def test_our_save_pretrained_loads_in_transformers(tmp_path, projection):
     again = cls.from_pretrained(tmp_path / "torch")
     for key, value in ours.state_dict().items():
         assert np.array_equal(again.state_dict()[key], value), key
+
+
+def test_an_old_checkpoints_position_buffer_is_checked_and_dropped(tmp_path):
+    """transformers < 4.31 saved `text_model.embeddings.position_ids` with the weights."""
+    config = PC.tiny_config()
+    hf = transformers_model(config, True, "float32")
+    hf.save_pretrained(tmp_path)
+    buffer = np.arange(16)[None, :]
+    _rewrite_keys(tmp_path, lambda k: k, {"text_model.embeddings.position_ids": buffer})
+    ids = PC.text_ids(config, np.random.default_rng(5), 2)
+    theirs = transformers_outputs(hf, ids)
+    assert_outputs_match("numpy", N.CLIPTextModelWithProjection.from_pretrained(tmp_path)(
+        ids, output_hidden_states=True), theirs, 1e-5)
+    with torch.no_grad():
+        assert_outputs_match("torch", T.CLIPTextModelWithProjection.from_pretrained(tmp_path)(
+            torch.from_numpy(ids), output_hidden_states=True), theirs, 1e-5)
+    _rewrite_keys(tmp_path, lambda k: k, {"text_model.embeddings.position_ids": buffer[:, ::-1]})
+    for package in (N, T):
+        with pytest.raises(ValueError, match="position_ids should hold 0..15"):
+            package.CLIPTextModelWithProjection.from_pretrained(tmp_path)
 
 
 def test_loading_refuses_a_mismatched_folder(tmp_path):

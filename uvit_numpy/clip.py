@@ -46,7 +46,7 @@ __all__ = [
     "pool_at", "pool_at_backward", "BaseModelOutput", "BaseModelOutputWithPooling",
     "CLIPTextModelOutput", "QuickGELUActivation", "CLIPTextEmbeddings", "CLIPAttention",
     "CLIPMLP", "CLIPEncoderLayer", "CLIPEncoder", "CLIPTextTransformer", "CLIPTextModel",
-    "CLIPTextModelWithProjection",
+    "CLIPTextModelWithProjection", "add_text_model_prefix", "drop_position_ids",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -526,6 +526,21 @@ def _init_draws(rng):
         else _Float32Draws(as_rng(rng).bit_generator)
 
 
+def drop_position_ids(state_dict, max_position_embeddings):
+    """Without `text_model.embeddings.position_ids`, the (1, max_position_embeddings) buffer that
+    transformers saved with the weights before version 4.31 (older Hub checkpoints carry it): it
+    is checked to hold 0, 1, ..., which the model computes itself, and any other content is a
+    ValueError (that checkpoint would count positions differently)."""
+    key = "text_model.embeddings.position_ids"
+    if key not in state_dict:
+        return state_dict
+    value = np.asarray(state_dict[key])
+    if not np.array_equal(value, np.arange(max_position_embeddings)[None, :]):
+        raise ValueError(f"load_state_dict: {key} should hold 0..{max_position_embeddings - 1} "
+                         f"(transformers' position buffer), got {value.tolist()}")
+    return {k: v for k, v in state_dict.items() if k != key}
+
+
 class _Pretrained:
     """`from_pretrained` / `save_pretrained` for transformers folders (config.json +
     model.safetensors), shared by both models."""
@@ -576,8 +591,11 @@ class CLIPTextModel(_Pretrained, Module):
         return self.text_model.backward(grad_out, grad_pooler_output, grad_hidden_states)
 
     def load_state_dict(self, state_dict, strict=True):
-        """Either layout: the Hub's (`text_model.` keys) or transformers 5's (without)."""
-        return super().load_state_dict(add_text_model_prefix(state_dict), strict)
+        """Either layout: the Hub's (`text_model.` keys) or transformers 5's (without); an old
+        checkpoint's position buffer is checked and dropped (`drop_position_ids`)."""
+        state_dict = add_text_model_prefix(state_dict)
+        return super().load_state_dict(
+            drop_position_ids(state_dict, self.config.max_position_embeddings), strict)
 
 
 class CLIPTextModelWithProjection(_Pretrained, Module):
@@ -615,3 +633,8 @@ class CLIPTextModelWithProjection(_Pretrained, Module):
         if grad_pooler_output is not None:                # pooler_output is also an output
             d_pooled = d_pooled + grad_pooler_output
         return self.text_model.backward(grad_out, d_pooled, grad_hidden_states)
+
+    def load_state_dict(self, state_dict, strict=True):
+        """An old checkpoint's position buffer is checked and dropped (`drop_position_ids`)."""
+        return super().load_state_dict(
+            drop_position_ids(state_dict, self.config.max_position_embeddings), strict)

@@ -21,7 +21,7 @@ from torch import nn
 from uvit_numpy.checks import check_dim, check_floating, check_integer, check_rank
 from uvit_numpy.clip import (CONFIG_DEFAULTS, CONFIGS, HIDDEN_ACTS, BaseModelOutput,
                              BaseModelOutputWithPooling, CLIPTextConfig, CLIPTextModelOutput,
-                             add_text_model_prefix)
+                             add_text_model_prefix, drop_position_ids)
 
 from . import functional as UF
 from .layers import Embedding, LayerNorm, Linear
@@ -208,11 +208,13 @@ class _Pretrained:
         parameters (no random init); `dtype` defaults to the file's. Returns it in eval mode."""
         from .weights import load_transformers_pretrained
         config, state_dict = load_transformers_pretrained(path, variant, subfolder)
-        if dtype is None:
-            dtype = next(iter(state_dict.values())).dtype if state_dict else torch.float32
+        if dtype is None:                                 # the weights' (not a buffer's)
+            dtype = next((v.dtype for v in state_dict.values() if v.is_floating_point()),
+                         torch.float32)
         with torch.device("meta"):
             model = cls(CLIPTextConfig.from_any(config), dtype=dtype)
-        model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, assign=True)
+        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v
+                               for k, v in state_dict.items()}, assign=True)
         return model.eval()
 
     def save_pretrained(self, path):
@@ -240,8 +242,11 @@ class CLIPTextModel(_Pretrained, nn.Module):
         return self.text_model(input_ids, attention_mask, position_ids, output_hidden_states)
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """Either layout: the Hub's (`text_model.` keys) or transformers 5's (without)."""
-        return super().load_state_dict(add_text_model_prefix(state_dict), strict, assign)
+        """Either layout: the Hub's (`text_model.` keys) or transformers 5's (without); an old
+        checkpoint's position buffer is checked and dropped (`drop_position_ids`)."""
+        state_dict = add_text_model_prefix(state_dict)
+        return super().load_state_dict(
+            drop_position_ids(state_dict, self.config.max_position_embeddings), strict, assign)
 
 
 class CLIPTextModelWithProjection(_Pretrained, nn.Module):
@@ -263,3 +268,8 @@ class CLIPTextModelWithProjection(_Pretrained, nn.Module):
                                    last_hidden_state=out.last_hidden_state,
                                    hidden_states=out.hidden_states,
                                    pooler_output=out.pooler_output)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """An old checkpoint's position buffer is checked and dropped (`drop_position_ids`)."""
+        return super().load_state_dict(
+            drop_position_ids(state_dict, self.config.max_position_embeddings), strict, assign)

@@ -4,6 +4,7 @@
     python -m uvit_torch.parity --only conv     # cases whose name contains "conv"
     python -m uvit_torch.parity --dtype float64
     python -m uvit_torch.parity --against-diffusers            # torch port vs diffusers (float32)
+                                                               # and CLIP vs transformers
     python -m uvit_torch.parity --config amused-256 --only Conv  # blocks at aMUSEd's sizes
 
 Prints a table (name, input and output shapes, max abs and rel error, pass/fail, time in each) and
@@ -141,7 +142,8 @@ def main(argv=None):
     parser.add_argument("--all", action="store_true", help="include slow cases")
     parser.add_argument("--against-diffusers", action="store_true",
                         help="compare the torch port with diffusers' own classes (float32; needs "
-                             "diffusers) instead of with the NumPy reference")
+                             "diffusers), and CLIP's text encoder with transformers' (if "
+                             "installed), instead of with the NumPy reference")
     parser.add_argument("--config", metavar="NAME", default=None, choices=sorted(CONFIGS),
                         help=f"run the UVit2DModel cases at a named config "
                              f"({', '.join(sorted(CONFIGS))})")
