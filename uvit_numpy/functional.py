@@ -296,6 +296,24 @@ def gelu_backward(dy, x, approximate="none"):
     raise ValueError(f"gelu_backward: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
+def quick_gelu(x):
+    """CLIP's sigmoid approximation of GELU: x * sigmoid(1.702 x). Same shape as x.
+
+    OpenAI trained CLIP with it (transformers' `quick_gelu`); it differs from the exact GELU by up
+    to ~0.02, so a CLIP checkpoint must run with the activation it was trained with.
+    The sigmoid is scipy's `expit` (no overflow for large negative x; float32 stays float32).
+    """
+    check_floating("quick_gelu: x", x)
+    return x * expit(1.702 * x)
+
+
+def quick_gelu_backward(dy, x):
+    """Gradient of `quick_gelu` at x: dy * (s + 1.702 x s (1 - s)), s = sigmoid(1.702 x)
+    (the product rule; the chain rule brings the 1.702)."""
+    s = expit(1.702 * x)
+    return dy * (s + 1.702 * x * s * (1.0 - s))
+
+
 def geglu(x):
     """Gated GELU: split the last axis in halves (value, gate) and return value * gelu(gate).
 
@@ -375,13 +393,26 @@ def dropout_backward(dy, cache):
 # --------------------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------------------
-def attention_weights(q, k, scale=None, return_cache=False):
+def causal_mask(L, S=None):
+    """The causal mask: (L, S) booleans, True where query i may attend to key j, i.e. j <= i.
+
+    Lower-triangular and aligned at the top-left corner, as torch's `is_causal=True` (S defaults
+    to L). In a causal text encoder (CLIP) token i sees only tokens 0..i, so the features of every
+    token up to the end-of-text token do not depend on the padding that follows it.
+    """
+    S = L if S is None else S
+    return np.tril(np.ones((L, S), dtype=bool))          # (L, S), row i True up to column i
+
+
+def attention_weights(q, k, scale=None, return_cache=False, is_causal=False):
     """The attention weights P = softmax(scale q k^T) over the keys.
 
     q: (B, nh, L, hd). k: (B, nh, S, hd). scale defaults to 1/sqrt(hd). Returns (B, nh, L, S),
     each row summing to 1. The scores are a fresh product, so the scale and the softmax work on
     them in place (no second (L, S) array per head). A caller that has already scaled q passes
     scale=1.0 (aMUSEd's `Attention` does: q has L x hd values, the scores L x S).
+    is_causal: scores where `causal_mask(L, S)` is False are set to -inf before the softmax, so
+    those weights are exactly 0 (torch's `is_causal=True`); every row keeps key 0.
     """
     for name, t in (("q", q), ("k", k)):
         check_floating(f"attention_weights: {name}", t)
@@ -394,6 +425,8 @@ def attention_weights(q, k, scale=None, return_cache=False):
     scores = q @ k.swapaxes(-1, -2)                       # (B, nh, L, hd) @ (B, nh, hd, S)
     if scale != 1.0:
         scores *= scale
+    if is_causal:
+        scores[..., ~causal_mask(q.shape[-2], k.shape[-2])] = -np.inf
     weights = softmax(scores, axis=-1, inplace=True)      # (B, nh, L, S)
     return (weights, (q, k, weights, scale)) if return_cache else weights
 
@@ -404,7 +437,8 @@ def attention_weights_backward(dweights, cache, rowsum=None):
     With S = scale q k^T and P = softmax(S): dS = P (dP - rowsum(dP P)) (the softmax's
     backward), then dq = scale dS k and dk = scale dS^T q; the scale multiplies dS once.
     `rowsum` (B, nh, L, 1): rowsum(dP P) when the caller has it more cheaply (see
-    `scaled_dot_product_attention_backward`).
+    `scaled_dot_product_attention_backward`). A causal forward needs nothing more: its masked
+    weights are exactly 0, so dS is 0 there and no gradient crosses the mask.
     """
     q, k, weights, scale = cache
     if rowsum is None:
@@ -419,10 +453,12 @@ def attention_weights_backward(dweights, cache, rowsum=None):
 
 
 def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False,
-                                 return_cache=False):
+                                 return_cache=False, is_causal=False):
     """softmax(q k^T * scale) v over the last two axes: `attention_weights`, then P v.
 
     q: (B, nh, L, hd). k, v: (B, nh, S, hd). scale defaults to 1/sqrt(hd).
+    is_causal: scores where `causal_mask(L, S)` is False are set to -inf before the softmax, so
+    those weights are exactly 0 (torch's `is_causal=True`).
     Returns (B, nh, L, hd), and the attention weights (B, nh, L, S) if `return_weights`.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -431,7 +467,8 @@ def scaled_dot_product_attention(q, k, v, scale=None, return_weights=False,
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError("scaled_dot_product_attention: expected q (B, nh, L, hd) and k, v "
                          f"(B, nh, S, hd), got q {q.shape}, k {k.shape}, v {v.shape}")
-    weights, wcache = attention_weights(q, k, scale, return_cache=True)  # (B, nh, L, S)
+    weights, wcache = attention_weights(q, k, scale, return_cache=True,
+                                        is_causal=is_causal)  # (B, nh, L, S)
     out = weights @ v                                     # (B, nh, L, S) @ (B, nh, S, hd)
     result = (out, weights) if return_weights else out
     return (result, (wcache, v)) if return_cache else result

@@ -99,3 +99,41 @@ def save_pretrained(path, config, state_dict, class_name="UVit2DModel"):
         json.dump({"_class_name": class_name, **config}, f, indent=2, sort_keys=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
     save_file(arrays, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+# --------------------------------------------------------------------------------------------------
+# transformers folders (CLIP's text encoder): config.json + model.safetensors
+# --------------------------------------------------------------------------------------------------
+TRANSFORMERS_WEIGHTS_NAME = "model.safetensors"
+TRANSFORMERS_INDEX_NAME = "model.safetensors.index.json"
+
+
+def transformers_weight_files(folder, variant=None):
+    """The safetensors file(s) of a transformers model folder: `model.safetensors` (or
+    `model.<variant>.safetensors`), or the shards of `model.safetensors.index.json`.
+
+    Raises FileNotFoundError, listing the files that are there, when there are no weights.
+    """
+    def named(name):
+        return name if variant is None else name.replace(".safetensors", f".{variant}.safetensors")
+    single = os.path.join(folder, named(TRANSFORMERS_WEIGHTS_NAME))
+    if os.path.isfile(single):
+        return [single]
+    index = os.path.join(folder, named(TRANSFORMERS_INDEX_NAME))
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(folder, s) for s in shards]
+    present = sorted(os.listdir(folder))
+    hint = (" (only PyTorch .bin weights: re-save them with safe_serialization=True)"
+            if any(name.endswith(".bin") for name in present) else "")
+    raise FileNotFoundError(f"from_pretrained: no weights in {folder!r}: expected "
+                            f"{named(TRANSFORMERS_WEIGHTS_NAME)} or "
+                            f"{named(TRANSFORMERS_INDEX_NAME)}, found {present}{hint}")
+
+
+def load_transformers_pretrained(path, variant=None, subfolder="text_encoder"):
+    """(config dict, state dict of NumPy arrays) from a transformers model folder, or from a
+    diffusers pipeline folder that keeps it in `subfolder` (aMUSEd: `text_encoder/`)."""
+    folder = find_model_folder(path, subfolder)
+    return read_config(folder), read_safetensors(transformers_weight_files(folder, variant))

@@ -165,3 +165,9 @@ def upsample_2x2(x, weight, bias=None):
     """2x2 stride-2 transposed conv, channel-last: x (B, H, W, C), weight (C, O, 2, 2)
     -> (B, 2H, 2W, O)."""
     return conv_transpose2d_channels_last(x, weight, bias, stride=2)
+
+
+def quick_gelu(x):
+    """CLIP's x * sigmoid(1.702 x), as transformers' `quick_gelu` (torch ships no such function)."""
+    check_floating("quick_gelu: x", x)
+    return x * torch.sigmoid(1.702 * x)

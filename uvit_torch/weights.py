@@ -27,3 +27,17 @@ def save_pretrained(path, config, state_dict, class_name="UVit2DModel"):
         json.dump({"_class_name": class_name, **config}, f, indent=2, sort_keys=True)
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
     save_file(tensors, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def load_transformers_pretrained(path, variant=None, subfolder="text_encoder"):
+    """(config dict, state dict of torch tensors) from a transformers model folder
+    (config.json + model.safetensors), or a pipeline folder's `subfolder`."""
+    from safetensors.torch import load_file
+
+    from uvit_numpy.weights import transformers_weight_files
+    folder = find_model_folder(path, subfolder)
+    config = read_config(folder)
+    state_dict = {}
+    for file in transformers_weight_files(folder, variant):
+        state_dict.update(load_file(file))
+    return config, state_dict

@@ -4,6 +4,7 @@
     python -m uvit_torch.parity --only conv     # cases whose name contains "conv"
     python -m uvit_torch.parity --dtype float64
     python -m uvit_torch.parity --against-diffusers            # torch port vs diffusers (float32)
+                                                               # and CLIP vs transformers
     python -m uvit_torch.parity --config amused-256 --only Conv  # blocks at aMUSEd's sizes
 
 Prints a table (name, input and output shapes, max abs and rel error, pass/fail, time in each) and
@@ -94,13 +95,14 @@ def all_cases(against_diffusers=False, config=None):
 
 
 # Modules that add cases (each defines `cases()`); the models register here.
-PARITY_MODULES = ["uvit", "uvit2d", "schedulers"]
+PARITY_MODULES = ["uvit", "uvit2d", "schedulers", "clip"]
 
 
 def format_table(rows, labels=("numpy ms", "torch ms")):
     """The forward report, within 100 columns: case, dtype, batch, output shape, errors, verdict,
     time on each side in milliseconds (the inputs' shapes are in each case's failure detail)."""
-    names = [r.name.removesuffix(" vs diffusers") for r in rows]  # the labels say who is who
+    names = [r.name.removesuffix(" vs diffusers").removesuffix(" vs transformers")
+             for r in rows]                                # the labels say who is who
     w = min(42, max([20] + [len(n) for n in names]))
     head = (f"{'case':<{w}} {'dt':<3} {'B':>1} {'output':<11} {'max abs':>8} {'max rel':>8} "
             f"{'ok':<4} {labels[0]:>8} {labels[1]:>8}")
@@ -140,7 +142,8 @@ def main(argv=None):
     parser.add_argument("--all", action="store_true", help="include slow cases")
     parser.add_argument("--against-diffusers", action="store_true",
                         help="compare the torch port with diffusers' own classes (float32; needs "
-                             "diffusers) instead of with the NumPy reference")
+                             "diffusers), and CLIP's text encoder with transformers' (if "
+                             "installed), instead of with the NumPy reference")
     parser.add_argument("--config", metavar="NAME", default=None, choices=sorted(CONFIGS),
                         help=f"run the UVit2DModel cases at a named config "
                              f"({', '.join(sorted(CONFIGS))})")

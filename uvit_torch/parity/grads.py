@@ -246,6 +246,18 @@ def function_cases():
                       lambda q, k, v: NF.scaled_dot_product_attention(q, k, v, **nograd),
                       _sdpa_backward, TF.scaled_dot_product_attention,
                       [(3, 5, 8), (3, 7, 8), (3, 7, 8)], scale=3.0),
+        function_case("scaled_dot_product_attention causal",
+                      lambda q, k, v: NF.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                      **nograd),
+                      _sdpa_backward,
+                      lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
+                      [(3, 6, 8), (3, 6, 8), (3, 6, 8)]),
+        function_case("scaled_dot_product_attention causal, 5 queries 7 keys",
+                      lambda q, k, v: NF.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                      **nograd),
+                      _sdpa_backward,
+                      lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
+                      [(3, 5, 8), (3, 7, 8), (3, 7, 8)], scale=3.0),
         function_case("split_heads / merge_heads",
                       lambda x: (NF.merge_heads(NF.split_heads(x, 3)), None),
                       lambda dy, c: NF.split_heads_backward(NF.merge_heads_backward(dy, 3)),
@@ -255,6 +267,9 @@ def function_cases():
         function_case("gelu tanh", lambda x: (NF.gelu(x, "tanh"), x),
                       lambda dy, x: NF.gelu_backward(dy, x, "tanh"),
                       lambda x: TF.gelu(x, approximate="tanh"), [(7, 33)], scale=3.0),
+        function_case("quick_gelu (CLIP)", lambda x: (NF.quick_gelu(x), x),
+                      lambda dy, x: NF.quick_gelu_backward(dy, x), UF.quick_gelu, [(7, 33)],
+                      scale=3.0),
         function_case("geglu", lambda u: (NF.geglu(u), u),
                       lambda dy, u: NF.geglu_backward(dy, u), UF.geglu, [(5, 2 * 9)], scale=2.0),
         function_case("silu", lambda x: (NF.silu(x), x),
@@ -352,10 +367,11 @@ def module_grad_cases(cases):
 
 def grad_cases():
     """Every gradient case: functions, then layers, U-ViT blocks and models, UVit2DModel blocks
-    and models."""
-    from . import core, uvit, uvit2d
+    and models, CLIP's text blocks and models."""
+    from . import clip, core, uvit, uvit2d
     return (function_cases() + module_grad_cases(core.cases())
-            + module_grad_cases(uvit.cases()) + module_grad_cases(uvit2d.cases("tiny")))
+            + module_grad_cases(uvit.cases()) + module_grad_cases(uvit2d.cases("tiny"))
+            + module_grad_cases(clip.cases()))
 
 
 def run_grads(only="", dtypes=None):
