@@ -152,7 +152,7 @@ def test_clip_vit_large_text_tower_matches_transformers():
     """The real sizes once (width 768, 12 layers of 12 heads, MLP 3072, vocab 49408, 77 tokens,
     quick_gelu, projection 768; 123,650,304 parameters), float32, batch 2 of 77 tokens, with
     transformers' own initialisation perturbed. The twin shares transformers' tensors."""
-    from uvit_numpy.uvit2d import _NoDraws
+    from uvit_numpy.module import NoDraws
     start, cpu = time.perf_counter(), time.process_time()
     config = N.CLIPTextConfig.from_any("clip-vit-large-patch14")
     assert (config.vocab_size, config.hidden_size, config.num_hidden_layers,
@@ -160,7 +160,7 @@ def test_clip_vit_large_text_tower_matches_transformers():
             config.hidden_act, config.projection_dim) == (49408, 768, 12, 12, 3072, 77,
                                                           "quick_gelu", 768)
     hf = transformers_model(config, True, "float32")
-    ours = N.CLIPTextModelWithProjection(config, rng=_NoDraws(np.random.PCG64(0))).eval()
+    ours = N.CLIPTextModelWithProjection(config, rng=NoDraws()).eval()
     ours.load_state_dict({k: v.numpy() for k, v in hf.state_dict().items()})
     with torch.device("meta"):
         twin = T.CLIPTextModelWithProjection(config, dtype=torch.float32)

@@ -39,7 +39,7 @@ import numpy as np
 from . import functional as F
 from .checks import check_dim, check_integer, check_rank
 from .layers import GELU, Embedding, LayerNorm, Linear, to_module_dtype
-from .module import Module, ModuleList, as_rng
+from .module import Module, ModuleList, NoDraws, as_rng, float32_draws
 
 __all__ = [
     "CONFIG_DEFAULTS", "CONFIGS", "HIDDEN_ACTS", "CLIPTextConfig", "eos_positions",
@@ -521,9 +521,7 @@ def add_text_model_prefix(state_dict):
 def _init_draws(rng):
     """The models draw their initial weights in float32 (as `UVit2DModel`: ~7x faster, CLIP
     ViT-L/14's 124M parameters in about a second); a no-draws Generator passes through."""
-    from .uvit2d import _Float32Draws, _NoDraws
-    return rng if isinstance(rng, (_Float32Draws, _NoDraws)) \
-        else _Float32Draws(as_rng(rng).bit_generator)
+    return float32_draws(rng)
 
 
 def drop_position_ids(state_dict, max_position_embeddings):
@@ -549,11 +547,10 @@ class _Pretrained:
     def from_pretrained(cls, path, dtype=np.float32, variant=None, subfolder="text_encoder"):
         """Load a transformers folder written by `save_pretrained` (or a diffusers pipeline folder
         holding one in `subfolder`), without torch. Returns the model in eval mode."""
-        from .uvit2d import _NoDraws
         from .weights import load_transformers_pretrained
         config, state_dict = load_transformers_pretrained(path, variant, subfolder)
         model = cls(CLIPTextConfig.from_any(config), dtype=dtype,
-                    rng=_NoDraws(np.random.PCG64(0)))  # no draws: every weight is loaded
+                    rng=NoDraws())  # no draws: every weight is loaded
         model.load_state_dict(state_dict)
         return model.eval()
 

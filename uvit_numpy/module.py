@@ -43,6 +43,44 @@ def as_rng(rng):
     return np.random.default_rng(0 if rng is None else rng)
 
 
+class Float32Draws(np.random.Generator):
+    """A Generator that draws initial weights in float32 (the layers ask for float64 draws and
+    round them): ~7x faster, so aMUSEd-256's 600M parameters initialise in about a second. It
+    shares the bit generator, hence the seed, of the Generator it is built from. The large models
+    (UVit2DModel, CLIP's text encoder) build with it (`float32_draws`)."""
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        r = self.random(size, dtype=np.float32)
+        r *= high - low                                   # Python floats keep float32
+        r += low
+        return r
+
+    def standard_normal(self, size=None, dtype=np.float32, out=None):
+        return super().standard_normal(size, dtype=np.float32)
+
+
+class NoDraws(np.random.Generator):
+    """A Generator whose weight draws are zeros: for models whose weights are loaded right after
+    they are built (`from_pretrained`)."""
+
+    def __init__(self):
+        super().__init__(np.random.PCG64(0))
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return np.zeros(size, np.float32)
+
+    def standard_normal(self, size=None, dtype=np.float32, out=None):
+        return np.zeros(size, np.float32)
+
+
+def float32_draws(rng):
+    """`rng` (a Generator, a seed or None) as a `Float32Draws` on the same bit generator; a
+    `Float32Draws` or `NoDraws` passes through."""
+    if isinstance(rng, (Float32Draws, NoDraws)):
+        return rng
+    return Float32Draws(as_rng(rng).bit_generator)
+
+
 def as_dtype(dtype):
     """Validate a floating dtype and return it as `np.dtype`."""
     dt = np.dtype(dtype)

@@ -44,7 +44,7 @@ from .configs import CONFIG_DEFAULTS, CONFIGS, resolve_config
 from .layers import (GEGLU, GELU, Attention, ChannelsLastConv2d, ChannelsLastConvTranspose2d,
                      Dropout, Embedding, GlobalResponseNorm, LayerNorm, Linear, RMSNorm, SiLU,
                      TimestepEmbedding, to_module_dtype)
-from .module import Module, ModuleList, as_rng
+from .module import Module, ModuleList, NoDraws, as_rng, float32_draws
 
 __all__ = [
     "CONFIGS", "CONFIG_DEFAULTS", "resolve_config", "check_model_inputs",
@@ -682,31 +682,6 @@ class ConvMlmLayer(Module):
 # --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
-class _Float32Draws(np.random.Generator):
-    """A Generator that draws the initial weights in float32 (the foundation layers ask for float64
-    draws and round them): ~7x faster, so amused-256's 600M parameters initialise in about a second.
-    It shares the bit generator, hence the seed, of the Generator it is built from."""
-
-    def uniform(self, low=0.0, high=1.0, size=None):
-        r = self.random(size, dtype=np.float32)
-        r *= high - low                                   # Python floats keep float32
-        r += low
-        return r
-
-    def standard_normal(self, size=None, dtype=np.float32, out=None):
-        return super().standard_normal(size, dtype=np.float32)
-
-
-class _NoDraws(np.random.Generator):
-    """A Generator whose weight draws are zeros: for models whose weights are loaded right after."""
-
-    def uniform(self, low=0.0, high=1.0, size=None):
-        return np.zeros(size, np.float32)
-
-    def standard_normal(self, size=None, dtype=np.float32, out=None):
-        return np.zeros(size, np.float32)
-
-
 class UVit2DModel(Module):
     """aMUSEd's transformer: logits over VQ codes for every position of a grid of token ids.
 
@@ -725,8 +700,7 @@ class UVit2DModel(Module):
                  intermediate_size=2816, layer_norm_eps=1e-6, ln_elementwise_affine=True,
                  sample_size=64, dtype=np.float32, rng=None):
         super().__init__(dtype)
-        if not isinstance(rng, (_Float32Draws, _NoDraws)):
-            rng = _Float32Draws(as_rng(rng).bit_generator)
+        rng = float32_draws(rng)
         cfg = {k: v for k, v in locals().items() if k in CONFIG_DEFAULTS}
         self._config = cfg
         eps, affine, bias = layer_norm_eps, ln_elementwise_affine, use_bias
@@ -779,7 +753,7 @@ class UVit2DModel(Module):
         from .weights import load_pretrained
         config, state_dict = load_pretrained(path, variant=variant)
         model = cls.from_config(resolve_config(config), dtype=dtype,
-                                rng=_NoDraws(np.random.PCG64(0)))
+                                rng=NoDraws())
         model.load_state_dict(state_dict)
         return model.eval()
 
