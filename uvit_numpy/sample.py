@@ -27,9 +27,10 @@ import time
 
 import numpy as np
 
+from .schedulers import SCHEDULERS
 from .tokenizer import TOKENIZER_NAME
 from .weights import find_model_folder, read_config
-SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++")
+SCHEDULER_NAMES = tuple(SCHEDULERS)              # the registry's names
 
 
 class DigitModel:
@@ -110,7 +111,7 @@ def make_scheduler(name, diffusion_config, schedulers_module):
               beta_schedule=diffusion_config["beta_schedule"],
               beta_start=diffusion_config["beta_start"], beta_end=diffusion_config["beta_end"],
               prediction_type=diffusion_config.get("prediction_type", "epsilon"))
-    if name in ("ddpm", "ddim"):
+    if cls.clips_sample:
         kw["clip_sample"] = False
     return cls(**kw)
 

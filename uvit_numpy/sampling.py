@@ -37,16 +37,14 @@ def check_sampling_labels(name, labels, num_classes):
 
 
 def step_kwargs(scheduler, eta):
-    """The extra arguments of `scheduler.step`: DDIM takes eta; the others take none."""
-    return {"eta": eta} if type(scheduler).__name__ == "DDIMScheduler" else {}
+    """The extra arguments of `scheduler.step`: eta for a sampler that takes it (DDIM)."""
+    return {"eta": eta} if scheduler.takes_eta else {}
 
 
 def needs_noise(scheduler, t, eta):
-    """True if this scheduler's step at timestep t adds noise (so one draw is due)."""
-    name = type(scheduler).__name__
-    if name == "DDPMScheduler":
-        return int(t) > 0
-    return name == "DDIMScheduler" and eta > 0
+    """True if this scheduler's step at timestep t adds noise (so one draw is due): the
+    scheduler's own `draws_noise`."""
+    return scheduler.draws_noise(t, eta)
 
 
 def sample(model, labels, scheduler, num_inference_steps=20, guidance_scale=2.0, seed=0, eta=0.0,

@@ -26,9 +26,14 @@ float) and applied to the sample in its own dtype. diffusers keeps betas and aba
 DPM-Solver casts the sample to float32 inside `step`), so the two agree to ~1e-7 relative per step,
 not to float64 rounding: that float32 table, not this code, sets the floor of the comparison.
 
-The torch twin (`uvit_torch.schedulers`) subclasses these classes: the schedule and every
-coefficient are this file's; it only swaps the array operations (clamp, random normal draws,
-timesteps as a tensor).
+**The registry.** Each class says what the code that drives it needs to know: its `name` (the
+command line's `--scheduler`), whether its `step` takes DDIM's `eta` (`takes_eta`), whether it has
+diffusers' `clip_sample` option (`clips_sample`), and `draws_noise(timestep, eta)`, whether a step
+adds fresh noise (so that a sampler knows when one draw is due). `SCHEDULERS` maps the names to
+the classes; a new sampler is one class here, added to that list. The torch twin
+(`uvit_torch.schedulers`) makes its classes from this registry: the schedule and every coefficient
+are this file's; it only swaps the array operations (clamp, random normal draws, timesteps as a
+tensor).
 """
 
 import math
@@ -180,6 +185,14 @@ class _DiscreteScheduler:
 
     order = 1
     init_noise_sigma = 1.0
+    name = None                     # the registry's name (`SCHEDULERS`), set by each sampler
+    takes_eta = False               # does `step` take DDIM's eta?
+    clips_sample = False            # has diffusers' clip_sample option (x0 clipped to a range)?
+
+    @staticmethod
+    def draws_noise(timestep, eta=0.0):
+        """True if `step` at this timestep adds fresh noise (one draw, or `variance_noise`)."""
+        return False
 
     def __init__(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                  prediction_type, timestep_spacing, steps_offset, **config):
@@ -295,6 +308,13 @@ class DDPMScheduler(_DiscreteScheduler):
     diffusers': note **clip_sample=True**; the U-ViT paper never clips.
     """
 
+    name, clips_sample = "ddpm", True
+
+    @staticmethod
+    def draws_noise(timestep, eta=0.0):
+        """Every step but the last (t = 0) adds noise."""
+        return int(timestep) > 0
+
     def __init__(self, num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
                  beta_schedule="linear", trained_betas=None, variance_type="fixed_small",
                  clip_sample=True, prediction_type="epsilon", clip_sample_range=1.0,
@@ -363,6 +383,13 @@ class DDIMScheduler(_DiscreteScheduler):
     (clip_sample=True).
     """
 
+    name, takes_eta, clips_sample = "ddim", True, True
+
+    @staticmethod
+    def draws_noise(timestep, eta=0.0):
+        """A step adds noise when eta > 0."""
+        return eta > 0
+
     def __init__(self, num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
                  beta_schedule="linear", trained_betas=None, clip_sample=True,
                  set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
@@ -417,6 +444,8 @@ class DPMSolverMultistepScheduler(_DiscreteScheduler):
     (999, 949, ..., 50 for n = 20). Stateful: `set_timesteps` resets the history, so call it before
     every run and call `step` once per network evaluation, in order.
     """
+
+    name = "dpmsolver++"
 
     def __init__(self, num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
                  beta_schedule="linear", trained_betas=None, solver_order=2,
@@ -549,5 +578,6 @@ class DPMSolverMultistepScheduler(_DiscreteScheduler):
         return SchedulerOutput(prev, D0) if return_dict else (prev,)
 
 
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler,
-              "dpmsolver++": DPMSolverMultistepScheduler}
+SCHEDULERS = {cls.name: cls for cls in (DDPMScheduler, DDIMScheduler,
+                                         DPMSolverMultistepScheduler)}
+"""The samplers by name (`--scheduler`): a new one is a class above, added to this tuple."""

@@ -82,17 +82,14 @@ class _TorchOps:
         return add_noise(original_samples, noise, timesteps, self.alphas_cumprod)
 
 
-class DDPMScheduler(_TorchOps, _np.DDPMScheduler):
-    __doc__ = _np.DDPMScheduler.__doc__
+def _twin(cls):
+    """The torch class of a NumPy sampler: the same class with the tensor hooks in front."""
+    return type(cls.__name__, (_TorchOps, cls), {"__doc__": cls.__doc__,
+                                                 "__module__": __name__})
 
 
-class DDIMScheduler(_TorchOps, _np.DDIMScheduler):
-    __doc__ = _np.DDIMScheduler.__doc__
-
-
-class DPMSolverMultistepScheduler(_TorchOps, _np.DPMSolverMultistepScheduler):
-    __doc__ = _np.DPMSolverMultistepScheduler.__doc__
-
-
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler,
-              "dpmsolver++": DPMSolverMultistepScheduler}
+SCHEDULERS = {name: _twin(cls) for name, cls in _np.SCHEDULERS.items()}
+"""The torch twins of `uvit_numpy.schedulers.SCHEDULERS`, by the same names."""
+DDPMScheduler = SCHEDULERS["ddpm"]
+DDIMScheduler = SCHEDULERS["ddim"]
+DPMSolverMultistepScheduler = SCHEDULERS["dpmsolver++"]

@@ -140,7 +140,7 @@ def set_causal(*modules):
     """Make every CLIPAttention inside these modules causal (the text model asks for it)."""
     for module in modules:
         for _, m in module.named_modules():
-            if type(m).__name__ == "CLIPAttention":
+            if isinstance(m, (N.CLIPAttention, T.CLIPAttention)):
                 m.is_causal = True
 
 

@@ -93,28 +93,27 @@ def gaussian_output(x, t, alphas_cumprod, prediction_type):
 
 def run_loop(scheduler, x, steps, eta, noises, lib):
     """A full sampling loop. lib: "numpy" (x an array), "torch" (ours, x a tensor) or
-    "diffusers" (x a tensor). noises: one array per step, used where a step adds noise."""
+    "diffusers" (x a tensor). noises: one array per step, used where a step adds noise. What a
+    step takes is read from our registry's class of the same name (diffusers' has no such
+    attributes)."""
     abar = NS.make_betas(**{k: scheduler.config[k] for k in
                             ("beta_schedule", "num_train_timesteps", "beta_start", "beta_end")})
     abar = np.cumprod(1.0 - abar)
+    ours = next(c for c in NS.SCHEDULERS.values() if c.__name__ == type(scheduler).__name__)
     scheduler.set_timesteps(steps)
     kind = scheduler.config["prediction_type"]
     for i, t in enumerate(scheduler.timesteps):
         eps = gaussian_output(x, t, abar, kind)
-        kw = {}
+        kw = {"eta": eta} if ours.takes_eta else {}
         z = noises[i] if lib == "numpy" else torch.from_numpy(noises[i]).to(x.dtype)
-        name = type(scheduler).__name__
-        if name == "DDIMScheduler":
-            kw["eta"] = eta
-            if eta > 0:
-                kw["variance_noise"] = z
-        if name == "DDPMScheduler" and lib != "diffusers":
-            kw["variance_noise"] = z
-        if name == "DDPMScheduler" and lib == "diffusers":
-            import diffusers.schedulers.scheduling_ddpm as ddpm
+        noisy = ours.draws_noise(t, eta)
+        if noisy and lib == "diffusers" and ours.name == "ddpm":
+            import diffusers.schedulers.scheduling_ddpm as ddpm   # its step has no such argument
             with mock.patch.object(ddpm, "randn_tensor", lambda *a, _z=z, **k: _z):
                 x = scheduler.step(eps, t, x).prev_sample
             continue
+        if noisy:
+            kw["variance_noise"] = z
         x = scheduler.step(eps, t, x, **kw).prev_sample
     return x
 
@@ -136,8 +135,7 @@ def _numpy_vs_torch(name, kind, kw, steps, eta):
 
 def _torch_vs_diffusers(name, kind, kw, steps, eta, dtypes):
     import diffusers
-    cls = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler,
-           "dpmsolver++": diffusers.DPMSolverMultistepScheduler}[kind]
+    cls = getattr(diffusers, NS.SCHEDULERS[kind].__name__)   # diffusers' class of that name
 
     def build(dtype, batch):
         x, noises = _inputs(name, batch, dtype, steps)
