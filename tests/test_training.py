@@ -184,10 +184,12 @@ def test_either_package_resumes_the_others_checkpoint(tmp_path):
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     backend = np_train.NumpyBackend()
     real = np_train.NumpyBackend.forward_backward
+    calls = []
 
-    def poisoned(self, step):
-        loss, norm = real(self, step)
-        return (float("nan"), norm) if step == 14 else (loss, norm)
+    def poisoned(self, batch):
+        loss, norm = real(self, batch)
+        calls.append(1)
+        return (float("nan"), norm) if len(calls) == 14 else (loss, norm)
     monkeypatch.setattr(np_train.NumpyBackend, "forward_backward", poisoned)
     with pytest.raises(FloatingPointError, match=r"nan.*step 14.*step 10\) is kept"):
         T.run(T.train_config("uvit-tiny"), str(tmp_path / "run"), backend, progress=False)
@@ -197,7 +199,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mo
 
 def test_the_command_line_reports_a_non_finite_loss(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(np_train.NumpyBackend, "forward_backward",
-                        lambda self, step: (float("inf"), 1.0))
+                        lambda self, batch: (float("inf"), 1.0))
     assert np_train.main(["uvit-tiny", "--out", str(tmp_path / "r"), "--no-progress"]) == 1
     assert "the loss is inf (gradient norm 1.0) at step 1" in capsys.readouterr().err
 
@@ -347,8 +349,9 @@ def test_frechet_distance_of_a_set_with_itself_is_zero():
 def test_torch_trainer_uses_the_numpy_initial_weights():
     from uvit_numpy import UViT
     cfg = T.train_config("uvit-tiny")
-    task = torch_train.DiffusionTask(cfg, np.float32)
-    model = task.build(seed=3)
+    backend = torch_train.TorchBackend()
+    backend.setup(T.DiffusionTask(cfg, np.float32), seed=3)
     reference = UViT(**cfg["model"], rng=3)
+    assert isinstance(backend.model, torch_train.UViT)
     assert all(torch.equal(v, torch.from_numpy(reference.state_dict()[k]))
-               for k, v in model.state_dict().items())
+               for k, v in backend.model.state_dict().items())

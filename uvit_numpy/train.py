@@ -10,112 +10,62 @@ same as the torch trainer's for the same seed, so the two runs retrace each othe
 rounding; the checkpoints have the same layout, so either package can resume the other's.
 """
 
-import os
 import sys
 
 import numpy as np
 
+from . import losses, schedulers
 from . import training as T
-from .data import load_digits
-from .losses import cross_entropy, cross_entropy_backward, mse_loss, mse_loss_backward
 from .optim import EMA, AdamW, clip_grad_norm
-from .schedulers import add_noise, make_betas, training_target
-from .tokenizer import TOKENIZER_NAME
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-class DiffusionTask:
-    """U-ViT diffusion: x_t = add_noise(x0, eps, t); loss = mse(model(x_t, t, y), target), the
-    target eps or v (the config's prediction_type), differentiated by `model.backward`."""
-
-    def __init__(self, cfg, dtype):
-        from .uvit import UViT
-        self.cfg, self.dtype, self.model_cls = cfg, dtype, UViT
-        d = cfg["diffusion"]
-        self.alphas_cumprod = np.cumprod(1.0 - make_betas(
-            d["beta_schedule"], d["num_train_timesteps"], d["beta_start"], d["beta_end"]))
-        self.images, self.labels = load_digits("train")
-
-    def build(self, seed):
-        return self.model_cls(**self.cfg["model"], dtype=self.dtype, rng=seed)
-
-    def loss_and_backward(self, model, seed, step):
-        b = T.diffusion_batch(self.images, self.labels, self.cfg, seed, step, self.dtype)
-        xt = add_noise(b["x0"], b["noise"], b["t"], self.alphas_cumprod)
-        target = training_target(b["x0"], b["noise"], b["t"], self.alphas_cumprod,
-                                 self.cfg["diffusion"].get("prediction_type", "epsilon"))
-        loss, cache = mse_loss(model(xt, b["t"], b["y"]), target, return_cache=True)
-        model.backward(mse_loss_backward(1.0, cache))
-        return float(loss)
-
-    def export(self, folder, ema_model, cfg, info):
-        ema_model.save_pretrained(folder, training={"config": cfg, **info},
-                                  sampling=cfg.get("sampling"))
+# The task's loss by name: (forward with return_cache, backward(1.0, cache)).
+LOSSES = {"mse": (losses.mse_loss, losses.mse_loss_backward),
+          "cross_entropy": (losses.cross_entropy, losses.cross_entropy_backward)}
 
 
-class MaskGITTask:
-    """UVit2DModel masked-token prediction on k-means codes: the cross-entropy (label smoothing)
-    over the masked positions only, differentiated by `model.backward`."""
-
-    def __init__(self, cfg, dtype):
-        from .uvit2d import UVit2DModel
-        self.cfg, self.dtype, self.model_cls = cfg, dtype, UVit2DModel
-        images, self.labels = load_digits("train")
-        self.tokenizer = None
-        self.images = images
-
-    def build(self, seed):
-        if self.tokenizer is None:                        # fitted once, from the run's seed
-            self.tokenizer = T.fit_tokenizer(self.cfg, self.images, seed)
-            self.codes = self.tokenizer.encode(self.images)
-        return self.model_cls(**self.cfg["model"], dtype=self.dtype, rng=seed)
-
-    def loss_and_backward(self, model, seed, step):
-        b = T.maskgit_batch(self.codes, self.labels, self.cfg, seed, step, self.dtype)
-        logits = model(b["input_ids"], b["encoder_hidden_states"], b["pooled_text_emb"],
-                       b["micro_conds"])
-        loss, cache = cross_entropy(logits, b["targets"],
-                                    label_smoothing=self.cfg["label_smoothing"],
-                                    return_cache=True)
-        model.backward(cross_entropy_backward(1.0, cache))
-        return float(loss)
-
-    def export(self, folder, ema_model, cfg, info):
-        ema_model.save_pretrained(folder, training={"config": cfg, **info},
-                                  sampling=cfg.get("sampling"))
-        self.tokenizer.save(os.path.join(folder, TOKENIZER_NAME))
+def blas_threads():
+    """The number of threads NumPy's BLAS runs with now (threadpoolctl's view)."""
+    from threadpoolctl import threadpool_info
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(counts) if counts else 1
 
 
-TASKS = {"diffusion": DiffusionTask, "maskgit": MaskGITTask}
-
-
-class NumpyBackend:
-    """The model, its EMA and `uvit_numpy.optim.AdamW`; one step is the model's own backward,
-    then `clip_grad_norm`, AdamW at the scheduled learning rate, the EMA update."""
+class NumpyBackend(T.Backend):
+    """The model, its EMA and `uvit_numpy.optim.AdamW`: one step is the task's loss, the model's
+    own backward, `clip_grad_norm`, AdamW at the scheduled learning rate, the EMA update.
+    threads: BLAS threads (threadpoolctl), None to leave them as they are."""
 
     name = f"numpy {np.__version__}"
 
-    def setup(self, cfg, seed, dtype):
-        self.cfg, self.seed = cfg, seed
-        self.task = TASKS[cfg["task"]](cfg, DTYPES[dtype])
-        self.model = self.task.build(seed).train()
+    def __init__(self, threads=None):
+        self.threads = threads
+
+    def setup(self, task, seed):
+        if self.threads is not None:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(self.threads, user_api="blas")
+        self.task, self.cfg = task, task.cfg
+        self.model = task.build(seed).train()
         self.ema = EMA(self.model)
-        self.optimizer = AdamW(self.model, lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                               eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+        self.optimizer = AdamW(self.model, lr=self.cfg["lr"], betas=tuple(self.cfg["betas"]),
+                               eps=self.cfg["eps"], weight_decay=self.cfg["weight_decay"])
 
-    def forward_backward(self, step):
+    def forward_backward(self, batch):
         self.model.zero_grad()
-        loss = self.task.loss_and_backward(self.model, self.seed, step)
+        inputs, target = self.task.inputs_and_target(batch, schedulers)
+        loss_fn, loss_backward = LOSSES[self.task.loss]
+        loss, cache = loss_fn(self.model(*inputs), target, return_cache=True,
+                              **self.task.loss_options)
+        self.model.backward(loss_backward(1.0, cache))
         grad_norm = clip_grad_norm(self.model, self.cfg["grad_clip"] or float("inf"))
-        return loss, grad_norm
+        return float(loss), grad_norm
 
-    def optimizer_step(self, step, lr):
+    def optimizer_step(self, lr, ema_decay):
         self.optimizer.lr = lr
         self.optimizer.step()
-        self.ema.update(T.ema_decay(step, self.cfg["ema_decay"]))
+        self.ema.update(ema_decay)
 
-    def arrays(self):
+    def state(self):
         arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         steps = {}
@@ -125,7 +75,7 @@ class NumpyBackend:
             steps[name] = float(state["step"])
         return arrays, steps
 
-    def load(self, arrays, optimizer_steps):
+    def load_state(self, arrays, optimizer_steps):
         self.model.load_state_dict(T.split_prefix(arrays, "model."))
         self.ema.load_state_dict(T.split_prefix(arrays, "ema."))
         moments = T.split_prefix(arrays, "optim.")
@@ -134,22 +84,28 @@ class NumpyBackend:
                    "exp_avg_sq": moments[f"exp_avg_sq.{name}"]}
             for name, count in optimizer_steps.items()}})
 
-    def export(self, folder, info):
-        ema_model = self.task.build(self.seed)
-        ema_model.load_state_dict(self.ema.state_dict())
-        self.task.export(folder, ema_model, self.cfg, info)
+    def ema_state_dict(self):
+        return self.ema.state_dict()
+
+    def settings(self):
+        return {"threads": self.threads or blas_threads(), "device": "cpu"}
 
 
-def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True):
-    """Run (or resume) `cfg` into the folder `out` in NumPy; see `training.run`."""
-    return T.run(cfg, out, NumpyBackend(), resume, seed, dtype, progress)
+def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True, **options):
+    """Run (or resume) `cfg` into the folder `out` in NumPy; see `training.run` (`options`:
+    its other arguments, e.g. overwrite=True)."""
+    return T.run(cfg, out, NumpyBackend(), resume, seed, dtype, progress,
+                 hint="python -m uvit_numpy.train CONFIG", **options)
 
 
 def main(argv=None):
     parser = T.build_parser("python -m uvit_numpy.train", __doc__.split("\n\n")[0])
+    args = parser.parse_args(argv)
+    T.check_args(parser, args)
     words = sys.argv[1:] if argv is None else list(argv)
-    return T.main(NumpyBackend(), parser.parse_args(argv),
-                  " ".join(["python -m uvit_numpy.train", *words]))
+    command = " ".join(["python -m uvit_numpy.train", *words])
+    return T.main(NumpyBackend(threads=args.threads), args, command,
+                  hint="python -m uvit_numpy.train")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,14 @@
-"""What the two trainers share: named training configs, the run's randomness, the learning-rate and
-EMA schedules, checkpoints and the loss log. Torch-free, so the NumPy trainer (`uvit_numpy.train`)
-and the torch trainer (`uvit_torch.train`) read the same file and can replay the same run.
+"""What the two trainers share: named training configs, the tasks, the loop, checkpoints and the
+loss log. Torch-free, so the NumPy trainer (`uvit_numpy.train`) and the torch trainer
+(`uvit_torch.train`) run the same loop on the same draws and can replay the same run.
+
+**The contract.** A *task* (`DiffusionTask`, `MaskGITTask`) is everything about a model that does
+not depend on the framework: its data, the random draws of each step, the tokenizer, the initial
+weights, what the network is fed and what it must output, the loss, and the exported model folder.
+A *backend* (`Backend`, implemented by `uvit_numpy.train.NumpyBackend` and
+`uvit_torch.train.TorchBackend`) is the model in one framework: one step's loss and gradients, the
+optimizer and the EMA, their state for a checkpoint. `run` drives the two: resume, then for each
+step draw the batch, forward and backward, update, log, checkpoint; at the end export `model/`.
 
 **Randomness as a pure function of (seed, step).** Every random number of step n (which digits
 are in the batch, which labels are dropped to the null class, the timesteps and the noise, or the
@@ -10,18 +18,25 @@ step to step, so `--resume` needs no generator state to be exact, both packages 
 numbers, and data-parallel ranks can each take their slice of the same global batch. The initial
 weights are the NumPy model's, drawn from `seed` (the torch trainer copies them in).
 
-**Checkpoints** are one safetensors file: the weights under `model.`, their moving average under
-`ema.`, the AdamW moments under `optim.exp_avg.` and `optim.exp_avg_sq.` (keyed by parameter name),
-and a JSON header with the step, the config and the optimizer's step counts. Written to a
-temporary file and renamed (`os.replace`), so an interruption leaves the previous checkpoint whole.
+**Run folders and checkpoints.** A run folder holds `checkpoint.safetensors` (the weights under
+`model.`, their moving average under `ema.`, the AdamW moments under `optim.exp_avg.` and
+`optim.exp_avg_sq.`, keyed by parameter name, and a JSON header with the step, the config, the
+seed, the thread count and device), the one before it, `checkpoint.previous.safetensors`, the loss
+log `log.csv` and, at the end, `model/`. A checkpoint is written to a temporary file and renamed
+(`os.replace`), after the latest has become the previous one, so an interruption at any moment
+leaves a whole checkpoint; a damaged latest one is named and `--resume` continues from the
+previous. A new run never replaces a folder that holds a run unless told to (`overwrite`).
 """
 
+import argparse
 import csv
 import json
 import math
 import os
+import shutil
 import sys
 import time
+from typing import Protocol
 
 import numpy as np
 
@@ -99,8 +114,8 @@ TRAIN_CONFIGS = {
     # noise prediction, random horizontal flips, AdamW lr 2e-4, wd 0.03, betas (0.99, 0.999),
     # 2,500 warm-up steps, no clipping, EMA 0.9999, batch 128 for 500K steps. The paper's
     # continuous VP-SDE (beta from 0.1 to 20) discretised on 1,000 steps is DDPM's linear schedule
-    # 1e-4 .. 0.02, which is what this uses, with integer t as the network input. Torch only: the
-    # images come from `--data PATH` (`uvit_torch.cifar10`), and it wants GPUs (see README).
+    # 1e-4 .. 0.02, which is what this uses, with integer t as the network input. The images come
+    # from `--data PATH` (`uvit_numpy.cifar10`), and it wants GPUs (see README).
     "cifar10_uvit_small": dict(
         task="diffusion", data="cifar10",
         model=dict(img_size=32, patch_size=2, in_chans=3, embed_dim=512, depth=12, num_heads=8,
@@ -114,11 +129,6 @@ TRAIN_CONFIGS = {
         checkpoint_every=5000, log_every=100,
         sampling=dict(scheduler="dpmsolver++", steps=50, guidance_scale=1.0)),
 }
-
-# Where a config's images come from, when not from the digits: only backends that list the name
-# in their `datasets` attribute can train it (the NumPy trainer reads the digits only).
-DATASETS = {"cifar10": "CIFAR-10 from --data PATH (uvit_torch.cifar10)"}
-
 
 def train_config(name, **overrides):
     """A copy of `TRAIN_CONFIGS[name]` with top-level `overrides` applied (None values ignored)."""
@@ -189,7 +199,7 @@ def diffusion_batch(images, labels, cfg, seed, step, dtype=np.float32):
     """Step `step`'s batch of the diffusion task, as NumPy arrays.
 
     images: (N, H, W) grey or (N, C, H, W) in [-1, 1] (an array, or any object whose `[idx]`
-    gives those rows, as `uvit_torch.cifar10.ImageView`); labels: (N,) ints. Returns a dict with
+    gives those rows, as `uvit_numpy.cifar10.ImageView`); labels: (N,) ints. Returns a dict with
     x0 (B, C, H, W) (C = 1 for grey images), y (B,) (each replaced by the null class
     `num_classes - 1` with probability p_uncond), t (B,) ints in [0, T), noise (B, C, H, W)
     ~ N(0, I), in `dtype`. With the config's `random_flip` (the paper's CIFAR-10 augmentation),
@@ -273,31 +283,247 @@ def class_condition(labels, num_classes, dtype=np.float32):
 
 
 # --------------------------------------------------------------------------------------------------
+# The tasks: everything about a model that is not its framework
+# --------------------------------------------------------------------------------------------------
+class DiffusionTask:
+    """U-ViT diffusion: x_t = add_noise(x0, eps, t); the network, fed (x_t, t, y), learns the
+    target eps or v (the config's prediction_type) under a mean-squared error.
+
+    The images are the digits, or CIFAR-10 read from `data` (a path, `uvit_numpy.cifar10`) for a
+    config with `data="cifar10"`; an unconditional model (num_classes <= 0) is given no labels.
+    """
+
+    loss, loss_options = "mse", {}
+
+    def __init__(self, cfg, dtype, data=None):
+        from .schedulers import make_betas
+        self.cfg, self.dtype = cfg, np.dtype(dtype)
+        d = cfg["diffusion"]
+        self.alphas_cumprod = np.cumprod(1.0 - make_betas(
+            d["beta_schedule"], d["num_train_timesteps"], d["beta_start"], d["beta_end"]))
+        self.prediction_type = d.get("prediction_type", "epsilon")
+        if cfg.get("data") == "cifar10":
+            from .cifar10 import ImageView, load_cifar10
+            images, self.labels = load_cifar10(data)
+            self.images = ImageView(images)                 # uint8 NHWC -> [-1, 1] NCHW rows
+        else:
+            self.images, self.labels = load_digits("train")
+
+    def build(self, seed=None):
+        """The NumPy model of the config; `seed` draws its initial weights (the run's start)."""
+        from .uvit import UViT
+        return UViT(**self.cfg["model"], dtype=self.dtype, rng=seed)
+
+    def batch(self, seed, step):
+        """Step `step`'s draws as NumPy arrays (`diffusion_batch`): x0, y, t, noise."""
+        return diffusion_batch(self.images, self.labels, self.cfg, seed, step, self.dtype)
+
+    def inputs_and_target(self, batch, schedulers):
+        """The network's inputs (x_t, t, y) and the target, from a batch already in the backend's
+        arrays; `schedulers` is that backend's module (`uvit_numpy.schedulers` or its torch twin),
+        whose `add_noise` and `training_target` compute in the backend's own arithmetic."""
+        b, abar = batch, self.alphas_cumprod
+        xt = schedulers.add_noise(b["x0"], b["noise"], b["t"], abar)
+        target = schedulers.training_target(b["x0"], b["noise"], b["t"], abar,
+                                            self.prediction_type)
+        return (xt, b["t"], b["y"] if self.cfg["model"]["num_classes"] > 0 else None), target
+
+    def count(self, batch):
+        """The number of terms the loss averages over: every element of the target."""
+        return math.prod(tuple(batch["x0"].shape))
+
+    def export(self, folder, ema_state, info):
+        """`model/`: the EMA weights and config.json with the run's record and sampling defaults."""
+        model = self.build(0)
+        model.load_state_dict(ema_state)
+        model.save_pretrained(folder, training={"config": self.cfg, **info},
+                              sampling=self.cfg.get("sampling"))
+
+
+class MaskGITTask:
+    """UVit2DModel masked-token prediction on the k-means codes of the digits: the cross-entropy
+    (label smoothing) over the masked positions only (targets -100 elsewhere). The tokenizer is
+    fitted once, from the run's seed, when the task is built for a run (`build`)."""
+
+    loss = "cross_entropy"
+
+    def __init__(self, cfg, dtype, data=None):
+        self.cfg, self.dtype = cfg, np.dtype(dtype)
+        self.loss_options = {"label_smoothing": cfg["label_smoothing"]}
+        self.images, self.labels = load_digits("train")
+        self.tokenizer = self.codes = None
+
+    def build(self, seed=None):
+        """The NumPy model of the config (`seed` draws its initial weights); the first call also
+        fits the run's tokenizer and encodes the digits."""
+        from .uvit2d import UVit2DModel
+        if self.tokenizer is None:
+            self.tokenizer = fit_tokenizer(self.cfg, self.images, 0 if seed is None else seed)
+            self.codes = self.tokenizer.encode(self.images)
+        return UVit2DModel(**self.cfg["model"], dtype=self.dtype, rng=seed)
+
+    def batch(self, seed, step):
+        """Step `step`'s draws as NumPy arrays (`maskgit_batch`)."""
+        return maskgit_batch(self.codes, self.labels, self.cfg, seed, step, self.dtype)
+
+    def inputs_and_target(self, batch, schedulers=None):
+        """The network's inputs (ids, text, pooled text, micro-conditions) and the targets."""
+        b = batch
+        return ((b["input_ids"], b["encoder_hidden_states"], b["pooled_text_emb"],
+                 b["micro_conds"]), b["targets"])
+
+    def count(self, batch):
+        """The number of terms the loss averages over: the masked positions, whose number differs
+        from image to image (so a shard's own mean is not its share of the batch's mean)."""
+        return int((batch["targets"] != -100).sum())
+
+    def export(self, folder, ema_state, info):
+        """`model/`: the EMA weights, config.json with the run's record, and the tokenizer."""
+        from .tokenizer import TOKENIZER_NAME
+        model = self.build(0)
+        model.load_state_dict(ema_state)
+        model.save_pretrained(folder, training={"config": self.cfg, **info},
+                              sampling=self.cfg.get("sampling"))
+        self.tokenizer.save(os.path.join(folder, TOKENIZER_NAME))
+
+
+TASKS = {"diffusion": DiffusionTask, "maskgit": MaskGITTask}
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def load_digits(split):
+    from .data import load_digits as load
+    return load(split)
+
+
+# --------------------------------------------------------------------------------------------------
+# The backend: the model in one framework
+# --------------------------------------------------------------------------------------------------
+class Backend(Protocol):
+    """What `run` drives. `uvit_numpy.train.NumpyBackend` (hand-written backward, NumPy AdamW) and
+    `uvit_torch.train.TorchBackend` (autograd, torch.optim, data parallelism) implement it; the
+    attribute values here are the defaults of one process, which a backend inherits by subclassing.
+    """
+
+    name: str = "backend"
+    """The framework and its settings, recorded with the run (e.g. "torch 2.13.0, 2 processes")."""
+    is_main: bool = True
+    """Writes the run folder and shows the progress bar: every process but data-parallel ranks > 0.
+    Every process runs every step, on the same (all-reduced) loss, so they stop together."""
+    skips_overflow: bool = False
+    """A step whose gradient overflows is skipped by the backend (fp16 loss scaling) instead of
+    stopping the run; only a non-finite loss stops it then."""
+
+    def setup(self, task, seed):
+        """Build the model holding `task.build(seed)`'s initial weights, its EMA (a copy) and
+        the optimizer (AdamW with the config's settings)."""
+        ...
+
+    def forward_backward(self, batch):
+        """One step's loss and gradients: `batch` is `task.batch(seed, step)` (NumPy arrays, the
+        whole global batch). Returns (loss, gradient norm before clipping) as floats, with the
+        gradients clipped to the config's `grad_clip`."""
+        ...
+
+    def optimizer_step(self, lr, ema_decay):
+        """One optimizer update at learning rate `lr`, then ema <- d ema + (1 - d) weights."""
+        ...
+
+    def state(self):
+        """(arrays, optimizer step counts) for a checkpoint: `model.*`, `ema.*`,
+        `optim.exp_avg.*`, `optim.exp_avg_sq.*` (and a backend's own extras, e.g. `scaler.*`)."""
+        ...
+
+    def load_state(self, arrays, optimizer_steps):
+        """Put a checkpoint's arrays back (any backend's: the layout is shared)."""
+        ...
+
+    def ema_state_dict(self):
+        """The EMA weights as NumPy arrays, keyed like the model's state dict (`model/`'s)."""
+        ...
+
+    def settings(self):
+        """What else makes a run bitwise the same on one machine: {"threads": n, "device": ...}.
+        Recorded in the checkpoint; a resume under other settings is said to differ."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------
-def save_checkpoint(path, arrays, meta):
-    """Write `{name: array}` and the JSON-able `meta` to one safetensors file, atomically."""
+CHECKPOINT = "checkpoint.safetensors"
+PREVIOUS = "checkpoint.previous.safetensors"
+
+
+def save_checkpoint(path, arrays, meta, previous=None):
+    """Write `{name: array}` and the JSON-able `meta` to one safetensors file, atomically: to a
+    temporary file first, renamed over `path` once whole. With `previous` (a path), the checkpoint
+    at `path` becomes that one first, so the last two are kept."""
     from safetensors.numpy import save_file
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     save_file(tensors, tmp, metadata={"meta": json.dumps(meta)})
+    if previous is not None and os.path.isfile(path):
+        os.replace(path, previous)                                 # the last good one, kept
     os.replace(tmp, path)                                          # atomic on POSIX and Windows
 
 
 def load_checkpoint(path):
-    """(arrays, meta) from a checkpoint written by `save_checkpoint`."""
+    """(arrays, meta) from a checkpoint written by `save_checkpoint`. A missing file is a
+    FileNotFoundError, a damaged one (truncated, not safetensors) a `DamagedCheckpoint`, each
+    naming the file."""
     from safetensors import safe_open
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
-    with safe_open(path, framework="numpy") as f:
-        meta = f.metadata() or {}
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:                        # safetensors raises its own Rust errors
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DamagedCheckpoint(f"{path!r} is damaged and cannot be read ({first})") from None
     if "meta" not in meta:
         raise ValueError(f"{path!r} is not a checkpoint of this project's trainers (its header "
                          f"has no 'meta' entry)")
     return arrays, json.loads(meta["meta"])
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file that exists but cannot be read (truncated by a full disk, say)."""
+
+
+def latest_checkpoint(out, say=print):
+    """(arrays, meta, path) of the newest readable checkpoint in run folder `out`: the latest, or,
+    if that one is damaged, the previous (said in one line through `say`). FileNotFoundError when
+    the folder holds none."""
+    path, previous = os.path.join(out, CHECKPOINT), os.path.join(out, PREVIOUS)
+    try:
+        return (*load_checkpoint(path), path)
+    except DamagedCheckpoint as err:
+        if not os.path.isfile(previous):
+            raise DamagedCheckpoint(f"{err}, and there is no previous checkpoint to fall back "
+                                    f"on") from None
+        arrays, meta = load_checkpoint(previous)
+        say(f"warning: {err}; continuing from the previous checkpoint, {previous!r} "
+            f"(step {meta['step']})")
+        return arrays, meta, previous
+    except FileNotFoundError:
+        if os.path.isfile(previous):                  # interrupted between the two renames
+            return (*load_checkpoint(previous), previous)
+        raise FileNotFoundError(f"--resume: no checkpoint in {out!r} (expected {CHECKPOINT}); "
+                                f"start the run without --resume") from None
+
+
+def clean_temporary_files(out):
+    """Remove the temporary files of checkpoint writes that a kill interrupted. Returns them."""
+    if not os.path.isdir(out):
+        return []
+    stale = sorted(f for f in os.listdir(out) if ".safetensors.tmp-" in f)
+    for name in stale:
+        os.remove(os.path.join(out, name))
+    return stale
 
 
 def split_prefix(arrays, prefix):
@@ -317,6 +543,57 @@ def check_resume(meta, cfg, path):
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ValueError(f"--resume: {path!r} was written with a different config (differs in "
                          f"{diff}); resume it with the same settings")
+
+
+def settings_note(meta, settings):
+    """One line when a run resumes under other settings than it was written with (thread count,
+    device): its result will not be bitwise that of one uninterrupted run. None if the same."""
+    old = meta.get("settings")
+    if not old or old == settings:
+        return None
+    changed = ", ".join(f"{k} {old.get(k)} -> {settings.get(k)}" for k in sorted(settings)
+                        if old.get(k) != settings.get(k))
+    return (f"note: the checkpoint was written with other settings ({changed}); the run goes on, "
+            f"but it will not be bitwise the same as one uninterrupted run (float rounding "
+            f"differs with the {'thread count' if 'threads' in changed else 'device'})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folders
+# --------------------------------------------------------------------------------------------------
+RUN_FILES = (CHECKPOINT, PREVIOUS, "log.csv", "model")
+
+
+def run_files(out):
+    """The files of a run that a folder holds (empty for a new or empty folder)."""
+    return [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+
+
+class RunExists(ValueError):
+    """A new run asked for a folder that holds a run."""
+
+
+def prepare_run_folder(out, resume, overwrite, hint="python -m uvit_torch.train CONFIG",
+                       say=print):
+    """Check `out` before any work. A folder that holds a run is never replaced silently: without
+    `resume` or `overwrite` it is a `RunExists` error naming both ways on; with `overwrite` the
+    run's files are removed, and said. Stale temporary files are cleaned (and said)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file, not a run folder")
+    existing = run_files(out)
+    if existing and not resume:
+        if not overwrite:
+            raise RunExists(f"{out!r} holds a run ({', '.join(existing)}); continue it with "
+                            f"`{hint} --out {out} --resume`, or start over with "
+                            f"--overwrite (which deletes them)")
+        for name in existing:
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        say(f"--overwrite: removed the previous run's {', '.join(existing)} from {out!r}")
+    stale = clean_temporary_files(out)
+    if stale:
+        say(f"removed {len(stale)} temporary file(s) an interrupted checkpoint write left in "
+            f"{out!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,54 +643,49 @@ def check_finite(loss, grad_norm, step, checkpoint_path, last_step):
 # The loop both trainers run
 # --------------------------------------------------------------------------------------------------
 def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
-        export_only=False, command=None):
-    """Train `cfg` into the folder `out` with `backend` (the torch or the NumPy one), or resume it.
+        export_only=False, command=None, overwrite=False, data=None, say=None,
+        hint="python -m uvit_torch.train CONFIG"):
+    """Train `cfg` into the folder `out` with `backend` (a `Backend`), or resume it.
 
-    The backend holds the model, its EMA and the optimizer, and knows four things:
-    `setup(cfg, seed, dtype)`, `forward_backward(step)` -> (loss, gradient norm before clipping,
-    gradients clipped), `optimizer_step(step, lr)` (AdamW, then the EMA), `arrays()` ->
-    (checkpoint arrays, optimizer step counts), `load(arrays, optimizer_steps)` and
-    `export(folder, info)`. This loop does the rest: the learning-rate schedule, the log, the
-    checkpoints, resuming and stopping. With `export_only` it writes `model/` from the
-    checkpoint's EMA weights without training (to sample from a run that is still going).
-    Returns a summary dict.
-
-    Data parallelism (the torch backend under torchrun) needs three optional attributes of the
-    backend: `is_main` (default True): only that process writes the log, the checkpoints and
-    `model/`, and shows the progress bar, while every process runs the same steps on the same
-    (all-reduced) loss and gradient norm, so they stop together; `datasets`: the names of
-    `DATASETS` it can read; `scales_gradients` (default False): a float16 gradient scaler skips
-    the updates whose gradients overflow, so a non-finite gradient norm does not stop the run.
+    The loop: resume from the newest readable checkpoint (`resume`), then for each step draw the
+    task's batch, `backend.forward_backward`, stop on a non-finite loss or gradient before the
+    update, `backend.optimizer_step` at the warmed-up learning rate and the EMA decay, log every
+    `log_every` steps and checkpoint every `checkpoint_every`; finally export `model/`. With
+    `export_only` it writes `model/` from the latest checkpoint's EMA weights without training
+    (to sample from a run that is still going). `data`: where CIFAR-10 is read from (configs with
+    `data="cifar10"`). `say`: where one-line notes go (default: the standard error); `hint`: the
+    command a refusal to replace a run suggests. Returns a summary dict.
     """
+    say = say or _say
     if cfg["checkpoint_every"] % cfg["log_every"]:
         raise ValueError(f"checkpoint_every ({cfg['checkpoint_every']}) must be a multiple of "
                          f"log_every ({cfg['log_every']}), so that a resumed log lines up")
-    data = cfg.get("data")
-    if data is not None and data not in getattr(backend, "datasets", ()):
-        raise ValueError(f"{cfg.get('name', 'this config')} trains on "
-                         f"{DATASETS.get(data, data)}, which the {backend.name} trainer does not "
-                         f"read; train it with python -m uvit_torch.train")
-    is_main = getattr(backend, "is_main", True)
-    scaled = getattr(backend, "scales_gradients", False)
-    ckpt_path = os.path.join(out, "checkpoint.safetensors")
-    backend.setup(cfg, seed, dtype)
+    is_main = backend.is_main
+    if is_main and not export_only:
+        prepare_run_folder(out, resume, overwrite, hint, say=say)
+    task = TASKS[cfg["task"]](cfg, DTYPES[dtype], data=data)
+    backend.setup(task, seed)
+    settings = backend.settings()
     start, elapsed = 0, 0.0
     if resume or export_only:
-        arrays, meta = load_checkpoint(ckpt_path)
-        check_resume(meta, cfg, ckpt_path)
+        arrays, meta, path = latest_checkpoint(out, say=say if is_main else _quiet)
+        check_resume(meta, cfg, path)
         if meta["seed"] != seed or meta["dtype"] != dtype:
-            raise ValueError(f"--resume: {ckpt_path!r} was written with seed {meta['seed']} and "
+            raise ValueError(f"--resume: {path!r} was written with seed {meta['seed']} and "
                              f"dtype {meta['dtype']}, not seed {seed} and dtype {dtype}")
-        backend.load(arrays, meta["optimizer_steps"])
+        backend.load_state(arrays, meta["optimizer_steps"])
         start, elapsed = meta["step"], meta["seconds"]
+        note = settings_note(meta, settings)
+        if note and is_main and not export_only:
+            say(note)
         if export_only:
+            info = {"seed": seed, "steps": start, "seconds": round(elapsed, 1),
+                    "framework": backend.name, "dtype": dtype, **settings,
+                    "command": meta.get("command", command)}
             model_dir = os.path.join(out, "model")
             if is_main:
-                backend.export(model_dir, {"seed": seed, "steps": start,
-                                           "seconds": round(elapsed, 1),
-                                           "framework": backend.name, "dtype": dtype,
-                                           "command": meta.get("command", command)})
-            return {"steps": start, "seconds": elapsed, "loss": None, "checkpoint": ckpt_path,
+                task.export(model_dir, backend.ema_state_dict(), info)
+            return {"steps": start, "seconds": elapsed, "loss": None, "checkpoint": path,
                     "model": model_dir}
         if start >= cfg["steps"]:
             raise ValueError(f"--resume: the checkpoint is at step {start}, which is not before "
@@ -421,16 +693,22 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
     if is_main:
         os.makedirs(out, exist_ok=True)
         log = LossLog(os.path.join(out, "log.csv"), resume_step=start)
+    ckpt_path = os.path.join(out, CHECKPOINT)
     meta = {"config": cfg, "seed": seed, "dtype": dtype, "framework": backend.name,
-            "command": command}
+            "settings": settings, "command": command}
     last_good, window, row = start, [], None
     bar = _progress_bar(cfg, start, progress and is_main)
     for step in range(start + 1, cfg["steps"] + 1):
         tic = time.perf_counter()
-        loss, grad_norm = backend.forward_backward(step)
-        check_finite(loss, 0.0 if scaled else grad_norm, step, ckpt_path, last_good)
+        loss, grad_norm = backend.forward_backward(task.batch(seed, step))
+        try:
+            check_finite(loss, 0.0 if backend.skips_overflow else grad_norm, step, ckpt_path,
+                         last_good)
+        finally:
+            if bar is not None and not math.isfinite(loss):
+                bar.close()                           # the message goes on a line of its own
         lr = warmup_lr(step, cfg["lr"], cfg["warmup_steps"])
-        backend.optimizer_step(step, lr)
+        backend.optimizer_step(lr, ema_decay(step, cfg["ema_decay"]))
         seconds = time.perf_counter() - tic
         elapsed += seconds
         window.append(loss)
@@ -442,9 +720,10 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
             window = []
         if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
             if is_main:
-                arrays, optimizer_steps = backend.arrays()
+                arrays, optimizer_steps = backend.state()
                 save_checkpoint(ckpt_path, arrays, {**meta, "step": step, "seconds": elapsed,
-                                                    "optimizer_steps": optimizer_steps})
+                                                    "optimizer_steps": optimizer_steps},
+                                previous=os.path.join(out, PREVIOUS))
             last_good = step
         if bar is not None:
             bar.update(1)
@@ -454,11 +733,19 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
         bar.close()
     model_dir = os.path.join(out, "model")
     info = {"seed": seed, "steps": cfg["steps"], "seconds": round(elapsed, 1),
-            "framework": backend.name, "dtype": dtype, "command": command}
+            "framework": backend.name, "dtype": dtype, **settings, "command": command}
     if is_main:
-        backend.export(model_dir, info)
+        task.export(model_dir, backend.ema_state_dict(), info)
     return {"steps": cfg["steps"], "seconds": elapsed, "loss": row["loss"] if row else None,
             "checkpoint": ckpt_path, "model": model_dir}
+
+
+def _say(text):
+    print(text, file=sys.stderr)
+
+
+def _quiet(text):
+    pass
 
 
 def _progress_bar(cfg, start, enabled):
@@ -469,40 +756,103 @@ def _progress_bar(cfg, start, enabled):
                 dynamic_ncols=True)
 
 
+# --------------------------------------------------------------------------------------------------
+# The command line both trainers share
+# --------------------------------------------------------------------------------------------------
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def build_parser(prog, description):
     """The command line both trainers share."""
-    import argparse
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", choices=sorted(TRAIN_CONFIGS),
                         help="named training config (uvit_numpy.training.TRAIN_CONFIGS)")
     parser.add_argument("--out", help="run folder (default runs/CONFIG)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--steps", type=int, help="total steps (to extend a finished run)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the run folder's checkpoint (the previous one if the "
+                             "latest is damaged)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a folder that holds a run (deletes its checkpoints, "
+                             "log and model/)")
+    parser.add_argument("--steps", type=positive_int, help="total steps (to extend a finished run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
-    parser.add_argument("--batch-size", type=int, help="default: the config's")
-    parser.add_argument("--checkpoint-every", type=int, help="default: the config's")
+    parser.add_argument("--lr", type=positive_float, help="peak learning rate (default: the "
+                                                          "config's)")
+    parser.add_argument("--batch-size", type=positive_int, help="default: the config's")
+    parser.add_argument("--checkpoint-every", type=positive_int, help="default: the config's")
+    parser.add_argument("--log-every", type=positive_int, help="default: the config's")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="CPU threads of the math libraries (default 1: the small models here "
+                             "run fastest on one thread on a busy machine; the checkpoint records "
+                             "it, since float rounding depends on it)")
+    parser.add_argument("--data",
+                        help="CIFAR-10 for cifar10_uvit_small: an .npz with images "
+                             "(N, 32, 32, 3) uint8 and labels, or the folder of its python "
+                             "batches data_batch_1..5 (nothing is downloaded)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--export", action="store_true",
                         help="only write model/ from the checkpoint's EMA weights (no training)")
     return parser
 
 
-def main(backend, args, command=None):
-    """Run the parsed command line `args` with `backend`; prints a JSON summary. Exit status.
-    `command`: the command line, recorded with the exported model."""
+def check_args(parser, args):
+    """The checks argparse cannot make alone, before any work (a usage error exits 2)."""
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out and --overwrite replaces it: pass one")
+    if args.export and args.overwrite:
+        parser.error("--export writes model/ from the run's checkpoint; --overwrite deletes it")
+    out = args.out or os.path.join("runs", args.config)
+    if os.path.exists(out) and not os.path.isdir(out):
+        parser.error(f"--out {out!r} is a file, not a run folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        parser.error(f"--out {out!r}: {parent!r} is a file, so no folder can be made under it")
+    if not os.access(parent, os.W_OK):
+        parser.error(f"--out {out!r}: {parent!r} is not writable")
+    if args.data is not None and TRAIN_CONFIGS[args.config].get("data") is None:
+        parser.error(f"--data is read only by configs that train on a data set from a file "
+                     f"(cifar10_uvit_small); {args.config} trains on the digits")
+    return out
+
+
+def main(backend, args, command=None, hint="python -m uvit_torch.train"):
+    """Run the parsed command line `args` with `backend`; prints a JSON summary. Exit status:
+    0 done, 1 a failure (a diverged run, a damaged checkpoint, a folder that holds a run). Every
+    failure is one line on the standard error. `command`: the command line, recorded with the
+    run; `hint`: the command's name, for the messages that suggest how to go on."""
     cfg = train_config(args.config, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                       checkpoint_every=args.checkpoint_every,
-                       log_every=getattr(args, "log_every", None))
+                       checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     out = args.out or os.path.join("runs", args.config)
     try:
         summary = run(cfg, out, backend, resume=args.resume, seed=args.seed, dtype=args.dtype,
-                      progress=not args.no_progress, export_only=args.export, command=command)
+                      progress=not args.no_progress, export_only=args.export, command=command,
+                      overwrite=args.overwrite, data=args.data, hint=f"{hint} {args.config}")
     except (FloatingPointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if getattr(backend, "is_main", True):                    # one summary under torchrun
+    if backend.is_main:                                      # one summary under torchrun
         print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v)
                           for k, v in summary.items()}))
     return 0

@@ -37,143 +37,41 @@ micro-batch runs the step it always ran, bit for bit.
 
 import contextlib
 import copy
-import os
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import uvit_numpy as N
 from uvit_numpy import training as T
-from uvit_numpy.data import load_digits
-from uvit_numpy.tokenizer import TOKENIZER_NAME
 
-from . import distributed
+from . import distributed, schedulers
 from .losses import cross_entropy, mse_loss
-from .schedulers import add_noise, training_target
+from .uvit import UViT, UViTText
+from .uvit2d import UVit2DModel
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
 TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+TWINS = {N.UViT: UViT, N.UViTText: UViTText, N.UVit2DModel: UVit2DModel}
+"""The torch class of each NumPy model a task builds."""
 
 
 # --------------------------------------------------------------------------------------------------
-# The tasks: which model, which batch, which loss
+# The task's loss on tensors: its mean, and (for data parallelism) its sum
 # --------------------------------------------------------------------------------------------------
-class DiffusionTask:
-    """U-ViT diffusion: x_t = add_noise(x0, eps, t), loss = mse(model(x_t, t, y), target) with
-    the target eps or v (the config's prediction_type). The images are the digits, or CIFAR-10
-    read from `data` (a path, see `uvit_torch.cifar10`) for a config with `data="cifar10"`; an
-    unconditional model (num_classes <= 0) is given no labels.
-
-    `loss` is the batch's mean; `loss_sum` and `count` are its numerator and denominator, for a
-    part of a batch whose share of the whole batch's mean is wanted (data parallelism)."""
-
-    def __init__(self, cfg, dtype, data=None):
-        from uvit_numpy.schedulers import make_betas
-        self.cfg, self.dtype = cfg, dtype
-        d = cfg["diffusion"]
-        betas = make_betas(d["beta_schedule"], d["num_train_timesteps"], d["beta_start"],
-                           d["beta_end"])
-        self.alphas_cumprod = np.cumprod(1.0 - betas)
-        if cfg.get("data") == "cifar10":
-            from .cifar10 import ImageView, load_cifar10
-            images, self.labels = load_cifar10(data)
-            self.images = ImageView(images)                 # uint8 NHWC -> [-1, 1] NCHW rows
-        else:
-            self.images, self.labels = load_digits("train")
-
-    def build(self, seed):
-        """The torch model, holding the NumPy reference's initial weights for `seed`."""
-        from uvit_numpy import UViT as NumpyUViT
-
-        from .uvit import UViT
-        reference = NumpyUViT(**self.cfg["model"], dtype=self.dtype, rng=seed)
-        model = UViT(**self.cfg["model"], dtype=TORCH_DTYPE[np.dtype(self.dtype)])
-        model.load_state_dict({k: torch.from_numpy(v.copy())
-                               for k, v in reference.state_dict().items()})
-        return model
-
-    def batch(self, seed, step):
-        b = T.diffusion_batch(self.images, self.labels, self.cfg, seed, step, self.dtype)
-        return {k: torch.from_numpy(v) for k, v in b.items()}
-
-    def predict(self, model, batch):
-        """(model output, target), both (B, C, H, W)."""
-        xt = add_noise(batch["x0"], batch["noise"], batch["t"], self.alphas_cumprod)
-        target = training_target(batch["x0"], batch["noise"], batch["t"], self.alphas_cumprod,
-                                 self.cfg["diffusion"].get("prediction_type", "epsilon"))
-        y = batch["y"] if self.cfg["model"]["num_classes"] > 0 else None
-        return model(xt, batch["t"], y), target
-
-    def loss(self, model, batch):
-        return mse_loss(*self.predict(model, batch))
-
-    def loss_sum(self, model, batch):
-        """The sum of the squared errors over every element of `batch`."""
-        return F.mse_loss(*self.predict(model, batch), reduction="sum")
-
-    def count(self, batch):
-        """The number of terms `loss` averages over: every element of the target."""
-        return batch["x0"].numel()
-
-    def export(self, folder, ema, cfg, info):
-        ema.save_pretrained(folder, training={"config": cfg, **info},
-                            sampling=cfg.get("sampling"))
+def task_loss(task, output, target):
+    """The mean the task's loss takes (`uvit_torch.losses`, the twins of the NumPy losses)."""
+    if task.loss == "mse":
+        return mse_loss(output, target)
+    return cross_entropy(output, target, **task.loss_options)
 
 
-class MaskGITTask:
-    """UVit2DModel masked-token prediction on the k-means codes of the digits: cross-entropy with
-    label smoothing over the masked positions only (targets -100 elsewhere)."""
-
-    def __init__(self, cfg, dtype, data=None):
-        self.cfg, self.dtype = cfg, dtype
-        self.images, self.labels = load_digits("train")
-        self.tokenizer = None
-
-    def build(self, seed):
-        """The torch model, holding the NumPy reference's initial weights for `seed`; the
-        tokenizer is fitted here, once, by the same NumPy code as the NumPy trainer's."""
-        from uvit_numpy import UVit2DModel as NumpyUVit2DModel
-
-        from .uvit2d import UVit2DModel
-        if self.tokenizer is None:
-            self.tokenizer = T.fit_tokenizer(self.cfg, self.images, seed)
-            self.codes = self.tokenizer.encode(self.images)
-        reference = NumpyUVit2DModel(**self.cfg["model"], dtype=self.dtype, rng=seed)
-        model = UVit2DModel(**self.cfg["model"], dtype=TORCH_DTYPE[np.dtype(self.dtype)])
-        model.load_state_dict({k: torch.from_numpy(v.copy())
-                               for k, v in reference.state_dict().items()})
-        return model
-
-    def batch(self, seed, step):
-        b = T.maskgit_batch(self.codes, self.labels, self.cfg, seed, step, self.dtype)
-        return {k: torch.from_numpy(v) for k, v in b.items()}
-
-    def loss(self, model, batch):
-        logits = model(batch["input_ids"], batch["encoder_hidden_states"],
-                       batch["pooled_text_emb"], batch["micro_conds"])
-        return cross_entropy(logits, batch["targets"],
-                             label_smoothing=self.cfg["label_smoothing"])
-
-    def loss_sum(self, model, batch):
-        """The sum of the masked positions' cross-entropies (label smoothing included)."""
-        logits = model(batch["input_ids"], batch["encoder_hidden_states"],
-                       batch["pooled_text_emb"], batch["micro_conds"])
-        return F.cross_entropy(logits, batch["targets"], ignore_index=-100,
-                               label_smoothing=self.cfg["label_smoothing"], reduction="sum")
-
-    def count(self, batch):
-        """The number of terms `loss` averages over: the masked positions, whose number differs
-        from image to image (so a shard's own mean is not its share of the batch's mean)."""
-        return int((batch["targets"] != -100).sum())
-
-    def export(self, folder, ema, cfg, info):
-        ema.save_pretrained(folder, training={"config": cfg, **info},
-                            sampling=cfg.get("sampling"))
-        self.tokenizer.save(os.path.join(folder, TOKENIZER_NAME))
-
-
-TASKS = {"diffusion": DiffusionTask, "maskgit": MaskGITTask}
+def task_loss_sum(task, output, target):
+    """The sum of the terms of the task's loss (its mean times `task.count`)."""
+    if task.loss == "mse":
+        return F.mse_loss(output, target, reduction="sum")
+    return F.cross_entropy(output, target, ignore_index=-100, reduction="sum",
+                           **task.loss_options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,37 +143,37 @@ def enable_checkpointing(model):
 # --------------------------------------------------------------------------------------------------
 # The backend of the shared loop (`uvit_numpy.training.run`)
 # --------------------------------------------------------------------------------------------------
-class TorchBackend:
+class TorchBackend(T.Backend):
     """The model, its EMA and `torch.optim.AdamW`; one step is torch autograd, then
     `clip_grad_norm_`, AdamW at the scheduled learning rate, the EMA update.
 
     device: where the model runs ("cpu", "cuda", ...; under torchrun the caller passes each
     process's own). mixed_precision: "no", "bf16" or "fp16" (`torch.autocast` around the forward
     and the loss; fp16 adds a `torch.amp.GradScaler`). gradient_checkpointing: U-ViT's
-    `use_checkpoint`. grad_accum: micro-batches per process and step. data: the path CIFAR-10 is
-    read from (configs with `data="cifar10"`). In a torch.distributed process group (torchrun) the
+    `use_checkpoint`. grad_accum: micro-batches per process and step. threads:
+    `torch.set_num_threads` (None: leave it). In a torch.distributed process group (torchrun) the
     model is wrapped in DistributedDataParallel and each process takes its rows of every global
     batch (module docstring). The defaults are the one-process trainer as it always was.
     """
 
-    name = f"torch {torch.__version__}"
-    datasets = ("cifar10",)                # besides the digits (`uvit_numpy.training.DATASETS`)
-
     def __init__(self, device="cpu", mixed_precision="no", gradient_checkpointing=False,
-                 grad_accum=1, data=None):
+                 grad_accum=1, threads=None):
+        if mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"--mixed-precision: expected one of {sorted(MIXED_PRECISION)}, got "
+                             f"{mixed_precision!r}")
         self.device = torch.device(device)
         self.mixed_precision = mixed_precision
         self.gradient_checkpointing = gradient_checkpointing
         self.grad_accum = grad_accum
-        self.data = data
+        self.threads = threads
         self.rank, self.world = distributed.current()
         self.is_main = self.rank == 0                   # the process that writes files
-        self.scales_gradients = mixed_precision == "fp16"
+        self.skips_overflow = mixed_precision == "fp16"
         self.name = self.describe()
 
     def describe(self):
-        """`name` plus the settings that differ from one process on the CPU (what the checkpoint
-        and the exported model record as the framework)."""
+        """The framework and the settings that differ from one process on the CPU (what the
+        checkpoint and the exported model record)."""
         parts = []
         if self.world > 1:
             import torch.distributed as dist
@@ -288,19 +186,21 @@ class TorchBackend:
             parts.append("gradient checkpointing")
         if self.grad_accum != 1:
             parts.append(f"{self.grad_accum} micro-batches")
-        return ", ".join([type(self).name, *parts])
+        return ", ".join([f"torch {torch.__version__}", *parts])
 
-    def setup(self, cfg, seed, dtype):
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"--mixed-precision: expected one of {sorted(MIXED_PRECISION)}, got "
-                             f"{self.mixed_precision!r}")
-        if self.mixed_precision != "no" and dtype != "float32":
+    def setup(self, task, seed):
+        cfg = task.cfg
+        if self.mixed_precision != "no" and task.dtype != np.float32:
             raise ValueError(f"--mixed-precision {self.mixed_precision} autocasts a float32 "
-                             f"model; got --dtype {dtype}")
+                             f"model; got --dtype {task.dtype.name}")
         distributed.check_split(cfg["batch_size"], self.world, self.grad_accum)
-        self.cfg, self.seed = cfg, seed
-        self.task = TASKS[cfg["task"]](cfg, DTYPES[dtype], data=self.data)
-        model = self.task.build(seed)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        self.task, self.cfg = task, cfg
+        reference = task.build(seed)                    # the NumPy model: the run's start
+        model = TWINS[type(reference)](**reference.config, dtype=TORCH_DTYPE[task.dtype])
+        model.load_state_dict({k: torch.from_numpy(v.copy())
+                               for k, v in reference.state_dict().items()})
         if self.gradient_checkpointing:
             enable_checkpointing(model)
         self.model = model.to(self.device).train()
@@ -322,17 +222,20 @@ class TorchBackend:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _to_device(self, batch):
-        return {k: v.to(self.device) for k, v in batch.items()}
+    def _outputs(self, net, batch):
+        """(network output, target) of a batch of tensors on the device."""
+        inputs, target = self.task.inputs_and_target(
+            {k: v.to(self.device) for k, v in batch.items()}, schedulers)
+        return net(*inputs), target
 
     def _backward(self, loss):
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def forward_backward(self, step):
-        batch = self.task.batch(self.seed, step)       # the global batch: every process draws it
+    def forward_backward(self, batch):
+        batch = {k: torch.from_numpy(v) for k, v in batch.items()}  # the whole global batch
         if self.world == 1 and self.grad_accum == 1:   # the one-process step, as it always was
             with self._autocast():
-                loss = self.task.loss(self.model, self._to_device(batch))
+                loss = task_loss(self.task, *self._outputs(self.model, batch))
             self.optimizer.zero_grad(set_to_none=True)
             self._backward(loss)
             loss = loss.item()
@@ -360,12 +263,12 @@ class TorchBackend:
             hold = self.world > 1 and not last        # all-reduce once, after the last part
             with self.net.no_sync() if hold else contextlib.nullcontext():
                 with self._autocast():
-                    part_sum = self.task.loss_sum(self.net, self._to_device(part))
+                    part_sum = task_loss_sum(self.task, *self._outputs(self.net, part))
                 self._backward(part_sum * scale)
             local += part_sum.item()
         return distributed.all_reduce_sum(local, self.device) / total
 
-    def optimizer_step(self, step, lr):
+    def optimizer_step(self, lr, ema_decay):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.scaler is None:
@@ -376,9 +279,9 @@ class TorchBackend:
             self.scaler.update()
             if self.scaler.get_scale() < before:       # ... which lowers the scale
                 return                                 # no update, so no EMA step either
-        ema_update(self.ema, self.model, T.ema_decay(step, self.cfg["ema_decay"]))
+        ema_update(self.ema, self.model, ema_decay)
 
-    def arrays(self):
+    def state(self):
         arrays = {f"model.{k}": v for k, v in numpy_state(self.model).items()}
         arrays.update({f"ema.{k}": v for k, v in numpy_state(self.ema).items()})
         opt_arrays, steps = optimizer_arrays(self.model, self.optimizer)
@@ -389,7 +292,7 @@ class TorchBackend:
             arrays["scaler.growth_tracker"] = np.array([state["_growth_tracker"]], np.int64)
         return arrays, steps
 
-    def load(self, arrays, optimizer_steps):
+    def load_state(self, arrays, optimizer_steps):
         self.model.load_state_dict(torch_state(T.split_prefix(arrays, "model.")))
         self.ema.load_state_dict(torch_state(T.split_prefix(arrays, "ema.")))
         load_optimizer_arrays(self.model, self.optimizer, T.split_prefix(arrays, "optim."),
@@ -400,21 +303,24 @@ class TorchBackend:
                          _growth_tracker=int(arrays["scaler.growth_tracker"][0]))
             self.scaler.load_state_dict(state)
 
-    def export(self, folder, info):
-        ema = self.ema if self.device.type == "cpu" else copy.deepcopy(self.ema).cpu()
-        self.task.export(folder, ema, self.cfg, {**info, "threads": torch.get_num_threads()})
+    def ema_state_dict(self):
+        return numpy_state(self.ema)
+
+    def settings(self):
+        return {"threads": torch.get_num_threads(), "device": str(self.device)}
 
 
-def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True, **options):
+def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True, data=None,
+          overwrite=False, **options):
     """Run (or resume) `cfg` (from `training.train_config`) into the folder `out` with torch;
     `options` are `TorchBackend`'s. Returns the summary of `uvit_numpy.training.run`."""
-    return T.run(cfg, out, TorchBackend(**options), resume, seed, dtype, progress)
+    return T.run(cfg, out, TorchBackend(**options), resume, seed, dtype, progress, data=data,
+                 overwrite=overwrite, hint="python -m uvit_torch.train CONFIG")
 
 
 def build_parser():
     """The shared trainers' command line plus the torch trainer's own options."""
     parser = T.build_parser("python -m uvit_torch.train", __doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu",
                         help="cpu (default), cuda (under torchrun: each process the GPU of its "
                              "LOCAL_RANK) or cuda:K for one process")
@@ -424,21 +330,16 @@ def build_parser():
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each U-ViT block's activations in the backward pass "
                              "(the paper's use_checkpoint): less memory for a second forward pass")
-    parser.add_argument("--grad-accum", type=int, default=1,
+    parser.add_argument("--grad-accum", type=T.positive_int, default=1,
                         help="micro-batches per process and step (the batch size stays the "
                              "global batch; it must divide by processes x micro-batches)")
-    parser.add_argument("--data",
-                        help="CIFAR-10 for cifar10_uvit_small: an .npz with images "
-                             "(N, 32, 32, 3) uint8 and labels, or the folder of its python "
-                             "batches data_batch_1..5 (nothing is downloaded)")
-    parser.add_argument("--log-every", type=int, help="default: the config's")
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    T.check_args(parser, args)
     words = sys.argv[1:] if argv is None else list(argv)
     try:
         context = distributed.init(args.device)     # torchrun's process group, if started by it
@@ -448,8 +349,9 @@ def main(argv=None):
     status = 1
     try:
         backend = TorchBackend(context.device, args.mixed_precision, args.gradient_checkpointing,
-                               args.grad_accum, args.data)
-        status = T.main(backend, args, " ".join(["python -m uvit_torch.train", *words]))
+                               args.grad_accum, threads=args.threads)
+        status = T.main(backend, args, " ".join(["python -m uvit_torch.train", *words]),
+                        hint="python -m uvit_torch.train")
     finally:
         distributed.close(barrier=status == 0)
     return status
