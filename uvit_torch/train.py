@@ -405,10 +405,13 @@ class TorchBackend:
         self.task.export(folder, ema, self.cfg, {**info, "threads": torch.get_num_threads()})
 
 
-def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True, **options):
+def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True, command=None,
+          **options):
     """Run (or resume) `cfg` (from `training.train_config`) into the folder `out` with torch;
-    `options` are `TorchBackend`'s. Returns the summary of `uvit_numpy.training.run`."""
-    return T.run(cfg, out, TorchBackend(**options), resume, seed, dtype, progress)
+    `options` are `TorchBackend`'s; `command`, if given, is recorded with the exported model.
+    Returns the summary of `uvit_numpy.training.run`."""
+    return T.run(cfg, out, TorchBackend(**options), resume, seed, dtype, progress,
+                 command=command)
 
 
 def build_parser():
