@@ -88,3 +88,27 @@ def test_smoke_run_trains_evaluates_tabulates_and_skips_finished_runs(tmp_path, 
     # more steps only with --resume
     assert ablate.main([*argv[:8], "6", *argv[9:]]) == 1
     assert "pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options", [
+    dict(skip_mode="add", time_mode="adaln", mlp_time_embed=True, pos_embed_type="sincos2d"),
+    dict(skip_mode="project_skip", conv_position="before", patch_embed_type="conv"),
+], ids=["add+adaln+time-mlp+sincos", "project_skip+before+stem"])
+def test_numpy_and_torch_trainers_replay_a_variant_run(tmp_path, options):
+    """float64, 6 steps of the tiny base with several variants at once: the same initial weights,
+    batches and noise in both trainers, so the NumPy backward passes of the variants must give
+    torch's AdamW trajectory."""
+    from uvit_numpy import train as np_train
+    from uvit_torch import train as torch_train
+    cfg = A.variant_config("paper", "tiny", steps=6)
+    cfg["model"].update(options)
+    weights = {}
+    for name, backend in (("torch", torch_train.TorchBackend()),
+                          ("numpy", np_train.NumpyBackend())):
+        training.run(cfg, str(tmp_path / name), backend, dtype="float64", progress=False)
+        weights[name], _ = training.load_checkpoint(str(tmp_path / name /
+                                                        "checkpoint.safetensors"))
+    a, b = weights["torch"], weights["numpy"]
+    worst = max(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(a[k])), 1e-30)
+                for k in a if k.startswith(("model.", "ema.")))
+    assert worst <= 1e-10, f"{options}: torch and NumPy runs differ by {worst:.2e}"
