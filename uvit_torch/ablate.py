@@ -169,9 +169,9 @@ def time_steps(cfgs, steps, seed=0):
     """Seconds of one training step (forward, backward, clipping, AdamW, EMA) of runs of each
     config in `cfgs` that write nothing. The runs take their steps in turn (step n of every run,
     then step n + 1), so that a machine whose load changes slows them alike. Returns, per config
-    name, the medians over steps 2..K (step 1 is a warm-up) of the wall-clock time and of this
-    process's CPU time (with one thread, the CPU time is what an idle machine would take, less
-    the cost of the caches it shares): {name: (wall, cpu)}."""
+    name and over steps 2..K (step 1 is a warm-up), the median wall-clock time, the median CPU
+    time of this process (with one thread, closer to what an idle machine would take) and the
+    shortest wall-clock time: {name: (wall, cpu, fastest)}."""
     from .train import TorchBackend
     backends = {}
     for cfg in cfgs:
@@ -187,8 +187,8 @@ def time_steps(cfgs, steps, seed=0):
             backend.optimizer_step(step, T.warmup_lr(step, cfg["lr"], cfg["warmup_steps"]))
             wall[cfg["name"]].append(time.perf_counter() - tic)
             cpu[cfg["name"]].append(time.process_time() - tic_cpu)
-    return {name: (statistics.median(wall[name][1:]), statistics.median(cpu[name][1:]))
-            for name in backends}
+    return {name: (statistics.median(wall[name][1:]), statistics.median(cpu[name][1:]),
+                   min(wall[name][1:])) for name in backends}
 
 
 def count_parameters(cfg):
@@ -277,11 +277,11 @@ def main(argv=None):
         cfgs = [A.variant_config(v, args.base, args.steps_resolved) for v in args.variants]
         times = time_steps(cfgs, args.time)
         for variant, cfg in zip(args.variants, cfgs):
-            wall, cpu = times[variant]
+            wall, cpu, fastest = times[variant]
             print(f"{variant:18s} {count_parameters(cfg):>9,d} parameters, one step (batch "
-                  f"{cfg['batch_size']}, {torch.get_num_threads()} threads): {wall:.3f} s wall, "
-                  f"{cpu:.3f} s CPU; {cfg['steps']} steps: {wall * cfg['steps'] / 3600:.2f} h "
-                  f"wall", flush=True)
+                  f"{cfg['batch_size']}, {torch.get_num_threads()} threads): median {wall:.3f} s "
+                  f"wall, {cpu:.3f} s CPU, fastest {fastest:.3f} s; {cfg['steps']} steps: "
+                  f"{wall * cfg['steps'] / 3600:.2f} h", flush=True)
         return 0
     runs = []
     try:                                             # every folder is checked before any work
