@@ -190,7 +190,11 @@ def test_constructor_defaults_are_the_papers(cls):
                     else {"num_classes": -1})
     got = {k: params[k].default for k in expected}
     assert got == expected
-    assert [p for p in params if p not in expected] == ["dtype"] + (
+    # after the paper's arguments: UViT's ablation options (defaults: the paper's model), dtype
+    ablations = list(NU.ABLATION_DEFAULTS) if "Text" not in cls.__name__ else []
+    assert {k: params[k].default for k in ablations} == {
+        k: NU.ABLATION_DEFAULTS[k] for k in ablations}
+    assert [p for p in params if p not in expected] == ablations + ["dtype"] + (
         ["rng"] if cls.__module__.startswith("uvit_numpy") else [])
 
 

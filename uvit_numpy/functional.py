@@ -252,6 +252,17 @@ def silu_backward(dy, x):
     return dy * (s * (1.0 + x * (1.0 - s)))
 
 
+def relu(x):
+    """max(x, 0), elementwise. Same shape as x."""
+    check_floating("relu: x", x)
+    return np.maximum(x, 0.0)
+
+
+def relu_backward(dy, x):
+    """Gradient of `relu` at x: dy where x > 0, else 0 (the subgradient 0 at x = 0, as torch)."""
+    return np.where(x > 0, dy, 0.0).astype(dy.dtype, copy=False)
+
+
 def gelu(x, approximate="none"):
     """Gaussian error linear unit. Same shape as x.
 
@@ -850,7 +861,7 @@ def conv_transpose2d_channels_last_backward(dy, cache):
 
 
 # --------------------------------------------------------------------------------------------------
-# Timestep embeddings
+# Sinusoidal embeddings (time, position, micro-conditions)
 # --------------------------------------------------------------------------------------------------
 def get_timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos=False,
                            downscale_freq_shift=1.0, scale=1.0, max_period=10000):
@@ -907,6 +918,33 @@ def micro_conditioning(micro_conds, batch, encode_dim, dtype=np.float32):
     emb = get_timestep_embedding(flat, encode_dim, flip_sin_to_cos=True,
                                  downscale_freq_shift=0)             # (B*M, encode_dim)
     return emb.reshape(batch, -1).astype(dtype)           # (B*M, d) -> (B, M*d)
+
+
+def sincos_2d_position_embedding(grid_h, grid_w, dim, extras=0, base=10000):
+    """Fixed 2-D sinusoidal position embeddings for a grid of patch tokens (the U-ViT paper's
+    alternative to learned ones, its Fig. 2e): the sinusoids of the row i and of the column j of
+    each patch, concatenated.
+
+    Returns (1, extras + grid_h * grid_w, dim) float64: `extras` zero rows first (the time and
+    label tokens, which are not on the grid), then the patches in row-major order, each
+        [sin(i w_k), cos(i w_k) | sin(j w_k), cos(j w_k)],  w_k = base^(-k / (dim/4)), k < dim/4,
+    so dim/2 channels describe the row and dim/2 the column. dim must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_2d_position_embedding: expected dim to be a multiple of 4 "
+                         f"(sin and cos of the row and of the column), got {dim}")
+    quarter = dim // 4
+    omega = base ** (-np.arange(quarter, dtype=np.float64) / quarter)      # (dim/4,)
+
+    def sincos(pos):                                                         # (n,) -> (n, dim/2)
+        args = pos[:, None] * omega[None, :]                                 # (n, dim/4)
+        return np.concatenate([np.sin(args), np.cos(args)], axis=1)
+
+    i, j = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64),
+                       indexing="ij")                                        # (h, w) each
+    table = np.concatenate([sincos(i.ravel()), sincos(j.ravel())], axis=1)   # (h*w, dim)
+    table = np.concatenate([np.zeros((extras, dim)), table], axis=0)        # (extras + h*w, dim)
+    return table[None]                                                       # (1, extras+h*w, dim)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -980,3 +1018,33 @@ def unpatchify(x, channels, grid=None):
 def unpatchify_backward(dy, patch_size):
     """Gradient of `unpatchify`: dy (B, C, H, W) goes back through `patchify` -> (B, L, P*P*C)."""
     return patchify(dy, patch_size)
+
+
+def tokens_to_grid(x, grid):
+    """Tokens laid out as the image grid they came from, for a convolution over them.
+
+    x: (B, L, D) with L = h * w tokens in row-major order; grid: (h, w). Returns (B, D, h, w).
+    """
+    check_rank("tokens_to_grid: x", x, 3, "(B, L, D)")
+    B, L, D = x.shape
+    h, w = grid
+    if h * w != L:
+        raise ValueError(f"tokens_to_grid: expected h*w = {L} tokens, got grid {grid}")
+    return x.transpose(0, 2, 1).reshape(B, D, h, w)      # (B, L, D) -> (B, D, L) -> (B, D, h, w)
+
+
+def grid_to_tokens(x):
+    """The inverse of `tokens_to_grid`: (B, D, h, w) -> (B, h*w, D), row-major."""
+    check_rank("grid_to_tokens: x", x, 4, "(B, D, h, w)")
+    B, D, h, w = x.shape
+    return x.reshape(B, D, h * w).transpose(0, 2, 1)     # (B, D, h, w) -> (B, D, L) -> (B, L, D)
+
+
+def tokens_to_grid_backward(dy):
+    """Gradient of `tokens_to_grid`: a pure rearrangement, undone by `grid_to_tokens`."""
+    return grid_to_tokens(dy)
+
+
+def grid_to_tokens_backward(dy, grid):
+    """Gradient of `grid_to_tokens`: dy (B, L, D) goes back through `tokens_to_grid`."""
+    return tokens_to_grid(dy, grid)

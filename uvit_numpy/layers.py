@@ -156,6 +156,17 @@ class SiLU(Module):
         return F.silu_backward(grad_out, self._recall(grad_out))
 
 
+class ReLU(Module):
+    """max(x, 0); no parameters."""
+
+    def forward(self, x):
+        x = to_module_dtype("ReLU: x", x, self.dtype)
+        return self._record(F.relu(x), x)
+
+    def backward(self, grad_out):
+        return F.relu_backward(grad_out, self._recall(grad_out))
+
+
 class GELU(Module):
     """torch.nn.GELU: exact (erf) by default, `approximate="tanh"` for the tanh form (float32's
     exact form runs through the fast kernel that `functional.gelu` dispatches to)."""

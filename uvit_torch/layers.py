@@ -91,6 +91,17 @@ class SiLU(nn.SiLU):
         return super().forward(x)
 
 
+class ReLU(nn.ReLU):
+    """nn.ReLU with input checks (`dtype` accepted for symmetry with the NumPy twin)."""
+
+    def __init__(self, dtype=None):
+        super().__init__()
+
+    def forward(self, x):
+        check_floating("ReLU: x", x)
+        return super().forward(x)
+
+
 class GELU(nn.GELU):
     """nn.GELU (exact by default) with input checks."""
 

@@ -311,11 +311,12 @@ class TorchBackend(T.Backend):
 
 
 def train(cfg, out, resume=False, seed=0, dtype="float32", progress=True, data=None,
-          overwrite=False, **options):
+          overwrite=False, command=None, **options):
     """Run (or resume) `cfg` (from `training.train_config`) into the folder `out` with torch;
-    `options` are `TorchBackend`'s. Returns the summary of `uvit_numpy.training.run`."""
+    `options` are `TorchBackend`'s; `command`, if given, is recorded with the exported model.
+    Returns the summary of `uvit_numpy.training.run`."""
     return T.run(cfg, out, TorchBackend(**options), resume, seed, dtype, progress, data=data,
-                 overwrite=overwrite, hint="python -m uvit_torch.train CONFIG")
+                 overwrite=overwrite, command=command, hint="python -m uvit_torch.train CONFIG")
 
 
 def build_parser():

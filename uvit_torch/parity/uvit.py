@@ -1,6 +1,8 @@
 """Parity cases for U-ViT (see `parity.py`): its blocks one by one, then whole models in every
 option (class labels, text tokens, no long skips, no final conv, the time MLP, patch sizes 2 and 4,
-3 and 4 channels, integer timesteps), and the paper's CIFAR-10 model (a slow case: `--all`).
+3 and 4 channels, integer timesteps), the paper's ablation variants (`ablation_cases`: the other
+long-skip joins, AdaLN time, the conv before the linear, the convolutional patch embedding, 2-D
+sinusoidal positions), and the paper's CIFAR-10 model (a slow case: `--all`).
 
 Weights: every parameter is redrawn at a scale where each term matters (weights N(0, 1/fan_in),
 norm weights 1 + 0.2 N(0, 1), biases 0.2 N(0, 1), pos_embed and label table 0.5 N(0, 1)); the
@@ -100,6 +102,44 @@ def cifar10_case():
                       N.CONFIGS["cifar10_uvit_small"], slow=True)
 
 
+def ablation_cases():
+    """The paper's ablation variants (Sec. 3.1, Fig. 2), as options of UViT: blocks and models."""
+    D = 48
+    return [
+        module_case("U-ViT Block(48, skip add)", T.Block, N.Block, (D, 4),
+                    {"skip": True, "skip_mode": "add"}, [(7, D), (7, D)]),
+        module_case("U-ViT Block(48, skip project_skip)", T.Block, N.Block, (D, 4),
+                    {"skip": True, "skip_mode": "project_skip"}, [(7, D), (7, D)]),
+        module_case("U-ViT Block(48, skip project_sum)", T.Block, N.Block, (D, 4),
+                    {"skip": True, "skip_mode": "project_sum"}, [(7, D), (7, D)]),
+        module_case("U-ViT AdaLN(48)", T.AdaLN, N.AdaLN, (D,), {}, [(7, D), (D,)]),
+        module_case("U-ViT AdaLNBlock(48, skip)", T.AdaLNBlock, N.AdaLNBlock, (D, 4),
+                    {"skip": True}, [(7, D), (7, D), (D,)]),
+        module_case("U-ViT ConvPatchEmbed P=4 (3 -> 48)", T.ConvPatchEmbed, N.ConvPatchEmbed,
+                    (4, 3, D), {}, [(3, 8, 12)]),
+        model_case("UViT small, skip_mode=add", T.UViT, N.UViT, dict(SMALL, skip_mode="add")),
+        model_case("UViT small, skip_mode=project_skip", T.UViT, N.UViT,
+                   dict(SMALL, skip_mode="project_skip")),
+        model_case("UViT small, skip_mode=project_sum", T.UViT, N.UViT,
+                   dict(SMALL, skip_mode="project_sum")),
+        model_case("UViT small, time_mode=adaln, classes", T.UViT, N.UViT,
+                   dict(SMALL, time_mode="adaln", num_classes=10)),
+        model_case("UViT small, adaln, time MLP, uncond", T.UViT, N.UViT,
+                   dict(SMALL, time_mode="adaln", mlp_time_embed=True)),
+        model_case("UViT small, conv_position=before", T.UViT, N.UViT,
+                   dict(SMALL, conv_position="before", num_classes=10)),
+        model_case("UViT P=4, patch_embed_type=conv", T.UViT, N.UViT,
+                   dict(SMALL, img_size=16, patch_size=4, num_classes=10,
+                        patch_embed_type="conv")),
+        model_case("UViT small, pos_embed_type=sincos2d", T.UViT, N.UViT,
+                   dict(SMALL, pos_embed_type="sincos2d", num_classes=10)),
+        model_case("UViT small, every variant at once", T.UViT, N.UViT,
+                   dict(SMALL, num_classes=10, skip_mode="project_sum", time_mode="adaln",
+                        conv_position="before", patch_embed_type="conv",
+                        pos_embed_type="sincos2d")),
+    ]
+
+
 def cases():
     D = 48
     return [
@@ -130,6 +170,8 @@ def cases():
         model_case("UViTText small (S=5, clip 24)", T.UViTText, N.UViTText, TEXT),
         model_case("UViTText no skip/conv, time MLP", T.UViTText, N.UViTText,
                    dict(TEXT, skip=False, conv=False, mlp_time_embed=True)),
+        # the paper's ablation variants
+        *ablation_cases(),
         # the paper's CIFAR-10 model
         cifar10_case(),
     ]

@@ -1,0 +1,114 @@
+"""The ablation driver: `uvit_numpy.ablations` (the variants, the base run, the paper's findings)
+and `python -m uvit_torch.ablate`, smoke-tested on a few steps of the tiny base (the real
+10,000-step runs are the lead's to make)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from uvit_numpy import ablations as A
+from uvit_numpy import training
+from uvit_numpy import uvit as NU
+from uvit_torch import ablate
+
+
+def test_every_variant_changes_one_design_choice_of_the_shipped_run():
+    shipped = training.TRAIN_CONFIGS["uvit-digits"]
+    for name, variant in A.VARIANTS.items():
+        cfg = A.variant_config(name)
+        assert cfg["name"] == name and cfg["steps"] == A.STEPS == 10_000
+        for key in ("lr", "batch_size", "ema_decay", "warmup_steps", "weight_decay", "diffusion",
+                    "p_uncond", "sampling", "grad_clip"):
+            assert json.dumps(cfg[key]) == json.dumps(shipped[key]), (name, key)
+        assert cfg["model"] == {**shipped["model"], **variant["model"]}
+        assert len(variant["model"]) == (0 if name == "paper" else 1)
+        assert set(variant["model"]) <= set(NU.ABLATION_DEFAULTS) | {"skip", "conv"}
+        model = NU.UViT(**cfg["model"])                  # each builds at the uvit-digits size
+        assert {k: getattr(model, k) for k in variant["model"]} == variant["model"]
+        assert variant["group"] in ("", *A.GROUPS) and variant["description"]
+    assert set(A.PAPER_FINDINGS) == set(A.GROUPS)
+    for group, finding in A.PAPER_FINDINGS.items():
+        members = {n for n, v in A.VARIANTS.items() if v["group"] == group} | {"paper"}
+        named = {finding["best"], *filter(None, finding["worst"].split(", "))}
+        assert named <= members and finding["text"], group
+    assert A.SEEDS == (0, 1)
+
+
+def test_final_loss_and_summary():
+    log = {"step": np.array([25.0, 50, 75, 100]), "loss": np.array([4.0, 3.0, 2.0, 1.0])}
+    assert A.final_loss(log, 100) == 1.0                 # the last 10 %: step 100 only
+    assert A.final_loss(log, 100, share=0.5) == 1.5      # steps 75 and 100
+    rows = [dict(variant="skip-add", seed=s, params=7, final_loss=f, class_accuracy=a,
+                 frechet_ratio=r) for s, f, a, r in ((0, 1.0, 0.5, 2.0), (1, 3.0, 0.7, 4.0))]
+    (entry,) = A.summarize(rows)
+    assert entry["final_loss_mean"] == 2.0 and entry["final_loss_std"] == pytest.approx(2 ** 0.5)
+    assert entry["class_accuracy_mean"] == pytest.approx(0.6) and entry["seeds"] == [0, 1]
+    assert A.summarize(rows[:1])[0]["frechet_ratio_std"] is None
+
+
+def test_list_and_bad_names(capsys):
+    assert ablate.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in A.VARIANTS) and "Fig. 2e" in out
+    with pytest.raises(SystemExit):
+        ablate.main(["--variants", "skip-mul"])
+    assert "unknown ablation variant(s) ['skip-mul']" in capsys.readouterr().err
+
+
+def test_smoke_run_trains_evaluates_tabulates_and_skips_finished_runs(tmp_path, capsys):
+    out, table = str(tmp_path / "runs"), str(tmp_path / "docs" / "ablations")
+    argv = ["--base", "tiny", "--variants", "paper", "time-adaln", "--seeds", "0", "--steps",
+            "4", "--out", out, "--table", table + ".json", "--per-class", "1", "--threads", "1",
+            "--no-progress"]
+    assert ablate.main(argv) == 0
+    rows = json.load(open(table + ".json", encoding="utf-8"))["runs"]
+    assert [(r["variant"], r["seed"], r["steps"]) for r in rows] == [("paper", 0, 4),
+                                                                     ("time-adaln", 0, 4)]
+    adaln = rows[1]
+    assert adaln["overrides"] == {"time_mode": "adaln"} and adaln["params"] > rows[0]["params"]
+    assert adaln["train_command"].startswith(
+        "python -m uvit_torch.ablate --base tiny --variants time-adaln --seeds 0 --steps 4")
+    assert adaln["evaluate_command"].startswith("python -m uvit_torch.evaluate ")
+    for key in ("final_loss", "class_accuracy", "frechet_ratio", "train_seconds"):
+        assert np.isfinite(adaln[key]), key
+    folder = A.run_folder(out, "time-adaln", 0)
+    config = json.load(open(os.path.join(folder, "model", "config.json"), encoding="utf-8"))
+    assert config["time_mode"] == "adaln" and config["_training"]["config"]["name"] == "time-adaln"
+    with open(table + ".csv", encoding="utf-8") as f:
+        assert f.readline().strip() == ",".join(A.CSV_FIELDS) and len(f.readlines()) == 2
+    # again: nothing is trained or evaluated anew
+    stamps = {p: os.path.getmtime(os.path.join(folder, p))
+              for p in ("checkpoint.safetensors", "evaluation.json")}
+    capsys.readouterr()
+    assert ablate.main(argv) == 0
+    assert "==" not in capsys.readouterr().out
+    assert stamps == {p: os.path.getmtime(os.path.join(folder, p)) for p in stamps}
+    # more steps only with --resume
+    assert ablate.main([*argv[:8], "6", *argv[9:]]) == 1
+    assert "pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options", [
+    dict(skip_mode="add", time_mode="adaln", mlp_time_embed=True, pos_embed_type="sincos2d"),
+    dict(skip_mode="project_skip", conv_position="before", patch_embed_type="conv"),
+], ids=["add+adaln+time-mlp+sincos", "project_skip+before+stem"])
+def test_numpy_and_torch_trainers_replay_a_variant_run(tmp_path, options):
+    """float64, 6 steps of the tiny base with several variants at once: the same initial weights,
+    batches and noise in both trainers, so the NumPy backward passes of the variants must give
+    torch's AdamW trajectory."""
+    from uvit_numpy import train as np_train
+    from uvit_torch import train as torch_train
+    cfg = A.variant_config("paper", "tiny", steps=6)
+    cfg["model"].update(options)
+    weights = {}
+    for name, backend in (("torch", torch_train.TorchBackend()),
+                          ("numpy", np_train.NumpyBackend())):
+        training.run(cfg, str(tmp_path / name), backend, dtype="float64", progress=False)
+        weights[name], _ = training.load_checkpoint(str(tmp_path / name /
+                                                        "checkpoint.safetensors"))
+    a, b = weights["torch"], weights["numpy"]
+    worst = max(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(a[k])), 1e-30)
+                for k in a if k.startswith(("model.", "ema.")))
+    assert worst <= 1e-10, f"{options}: torch and NumPy runs differ by {worst:.2e}"
