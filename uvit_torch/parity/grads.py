@@ -351,10 +351,11 @@ def module_grad_cases(cases):
 
 def grad_cases():
     """Every gradient case: functions, then layers, U-ViT blocks and models, UVit2DModel blocks
-    and models."""
-    from . import core, uvit, uvit2d
+    and models, then the autoencoders' functions, blocks, quantiser and VQ-GANs."""
+    from . import core, uvit, uvit2d, vae
     return (function_cases() + module_grad_cases(core.cases())
-            + module_grad_cases(uvit.cases()) + module_grad_cases(uvit2d.cases("tiny")))
+            + module_grad_cases(uvit.cases()) + module_grad_cases(uvit2d.cases("tiny"))
+            + vae.function_cases() + module_grad_cases(vae.cases()) + vae.vq_grad_cases())
 
 
 def run_grads(only="", dtypes=None):
