@@ -23,5 +23,6 @@ __all__ += ["UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "Con
 from . import vae  # noqa: E402
 from .layers import GroupNorm  # noqa: E402
 from .vq_model import VectorQuantizer, VQModel  # noqa: E402
+from .autoencoder import FrozenAutoencoderKL  # noqa: E402
 
-__all__ += ["vae", "GroupNorm", "VQModel", "VectorQuantizer"]
+__all__ += ["vae", "GroupNorm", "VQModel", "VectorQuantizer", "FrozenAutoencoderKL"]

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
+import uvit_numpy.autoencoder as NA
 import uvit_numpy.functional as NF
 import uvit_numpy.layers as NL
 import uvit_numpy.vae as NV
 import uvit_numpy.vq_model as NQ
 from uvit_numpy.module import Module as NumpyModule
 
+from .. import autoencoder as TA
 from .. import layers as TL
 from .. import vae as TV
 from .. import vq_model as TQ
@@ -312,6 +314,123 @@ def vq_grad_cases():
 
 
 # --------------------------------------------------------------------------------------------------
+# The paper's KL autoencoder
+# --------------------------------------------------------------------------------------------------
+def kl_ddconfig(**overrides):
+    """The paper's ddconfig with overrides (channels stay multiples of its 32 GroupNorm groups)."""
+    return {**NA.PAPER_DDCONFIG, "resolution": 16, **overrides}
+
+
+# (name, ddconfig overrides, embed_dim, image size, batches)
+KL_VARIANTS = [
+    ("ch 32 x [1, 2]", dict(ch=32, ch_mult=[1, 2], num_res_blocks=1), 4, (16, 12), (1, 3)),
+    ("ch 32 x [1, 1, 2], 2 resnets, no mid attn, 13x11",
+     dict(ch=32, ch_mult=[1, 1, 2], num_res_blocks=2, attn_type="none"), 4, (13, 11), (2,)),
+    ("embed_dim 3, z 4 (the paper's only)", dict(ch=32, ch_mult=[1, 2], num_res_blocks=1), 3,
+     (8, 8), (2,)),
+]
+KL_SCALE = 0.23010                                    # mscoco_uvit_small's: not the default
+
+
+def kl_pair(dtype, overrides, embed_dim, seed=0):
+    """(NumPy, torch) FrozenAutoencoderKL with the same perturbed weights, moved through the
+    paper's key layout (torch's state_dict -> NumPy's load_state_dict)."""
+    tdt = TORCH_DTYPE[np.dtype(dtype)]
+    torch.manual_seed(seed)
+    theirs = TA.FrozenAutoencoderKL(kl_ddconfig(**overrides), embed_dim, KL_SCALE, dtype=tdt)
+    randomize_(theirs, seed)
+    ours = NA.FrozenAutoencoderKL(kl_ddconfig(**overrides), embed_dim, KL_SCALE, dtype=dtype)
+    ours.load_state_dict(numpy_state_dict(theirs.state_dict()))
+    return ours, theirs
+
+
+def _kl_inputs(rng, batch, dtype, size, embed_dim, levels, what):
+    """The NumPy inputs of one output: images (and noise) or latents."""
+    h, w = size
+    for _ in range(levels - 1):                       # the encoder's (0, 1, 0, 1)-padded halvings
+        h, w = h // 2, w // 2
+    if what == "decode":
+        return ((rng.standard_normal((batch, embed_dim, h, w)) * KL_SCALE).astype(dtype),)
+    x = rng.uniform(-1.0, 1.0, (batch, 3, *size)).astype(dtype)
+    if what == "encode (given noise)":
+        return x, rng.standard_normal((batch, embed_dim, h, w)).astype(dtype)
+    return (x,)
+
+
+def _kl_case(name, overrides, embed_dim, size, batches, what, against_diffusers=False,
+             dtypes=("float64", "float32")):
+    """One output of the KL autoencoder: "encode_moments", "decode" or "encode (given noise)"."""
+    levels = len(kl_ddconfig(**overrides)["ch_mult"])
+
+    def build(dtype, batch):
+        inputs = _kl_inputs(_rng(name + what, batch), batch, dtype, size, embed_dim, levels,
+                            what)
+        if against_diffusers:
+            port, theirs = diffusers_kl_pair(dtype, overrides)
+            return _torch_caller(_kl_side(port, what)), _diffusers_kl_side(theirs, what), inputs
+        ours, theirs = kl_pair(dtype, overrides, embed_dim)
+        return _kl_side(ours, what), _kl_side(theirs, what), inputs
+    suffix = " vs diffusers" if against_diffusers else ""
+    return Case(f"FrozenAutoencoderKL {what}: {name}{suffix}", build, batches=batches,
+                dtypes=dtypes)
+
+
+def _kl_side(model, what):
+    if what == "encode_moments":
+        return model.encode_moments
+    if what == "decode":
+        return model.decode
+    return lambda x, noise: model.encode(x, noise=noise)
+
+
+def diffusers_kl_pair(dtype, overrides, seed=0):
+    """(our torch FrozenAutoencoderKL, diffusers' AutoencoderKL): diffusers' perturbed weights
+    loaded into ours through `load_diffusers_state_dict`."""
+    from diffusers import AutoencoderKL
+    cfg = kl_ddconfig(**overrides)
+    tdt = TORCH_DTYPE[np.dtype(dtype)]
+    levels = len(cfg["ch_mult"])
+    torch.manual_seed(seed)
+    theirs = AutoencoderKL(block_out_channels=[cfg["ch"] * m for m in cfg["ch_mult"]],
+                           down_block_types=["DownEncoderBlock2D"] * levels,
+                           up_block_types=["UpDecoderBlock2D"] * levels,
+                           layers_per_block=cfg["num_res_blocks"],
+                           latent_channels=cfg["z_channels"],
+                           mid_block_add_attention=cfg.get("attn_type") != "none").to(tdt)
+    randomize_(theirs.eval(), seed)
+    ours = TA.FrozenAutoencoderKL(cfg, cfg["z_channels"], KL_SCALE, dtype=tdt)
+    ours.load_diffusers_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def _diffusers_kl_side(theirs, what):
+    """diffusers' AutoencoderKL computing the paper's three functions with its own pieces."""
+    if what == "encode_moments":
+        return lambda x: theirs.encode(x).latent_dist.parameters
+    if what == "decode":
+        return lambda z: theirs.decode((1.0 / KL_SCALE) * z).sample
+
+    def encode(x, noise):                             # DiagonalGaussianDistribution.sample
+        dist = theirs.encode(x).latent_dist
+        return KL_SCALE * (dist.mean + dist.std * noise)
+    return encode
+
+
+KL_OUTPUTS = ("encode_moments", "decode", "encode (given noise)")
+
+
+def kl_cases():
+    return [_kl_case(*v, what) for v in KL_VARIANTS for what in KL_OUTPUTS]
+
+
+def diffusers_kl_cases(dtypes):
+    """The variants diffusers' AutoencoderKL can express (embed_dim = z_channels)."""
+    return [_kl_case(name, overrides, e, size, batches, what, True, dtypes)
+            for name, overrides, e, size, batches in KL_VARIANTS if e == 4
+            for what in KL_OUTPUTS]
+
+
+# --------------------------------------------------------------------------------------------------
 # The functions of functional.py these models added, for --grads
 # --------------------------------------------------------------------------------------------------
 # Stop-gradient constructions: the backward is the estimator's definition, not the derivative.
@@ -385,8 +504,9 @@ def function_cases():
 # The report's entry points
 # --------------------------------------------------------------------------------------------------
 def cases():
-    """NumPy reference vs torch port: every block, the quantiser and the tiny VQ-GANs."""
-    return [_block_case(b) for b in blocks()] + vq_cases()
+    """NumPy reference vs torch port: every block, the quantiser, the tiny VQ-GANs and the tiny
+    KL autoencoders."""
+    return [_block_case(b) for b in blocks()] + vq_cases() + kl_cases()
 
 
 def _diffusers_block_case(block, dtypes):
@@ -418,7 +538,7 @@ def _diffusers_quantizer_case(name, n_e, width, grid, what, dtypes):
 
 def diffusers_cases(dtypes=("float32",)):
     """Torch port vs diffusers: every block with a diffusers class, the quantiser, the tiny
-    VQ-GANs."""
+    VQ-GANs and KL autoencoders."""
     from diffusers import VQModel as DiffusersVQModel
     out = [_diffusers_block_case(b, dtypes) for b in blocks() if b.diffusers]
     out += [_diffusers_quantizer_case(*q, what, dtypes) for q in QUANTIZERS
@@ -426,7 +546,7 @@ def diffusers_cases(dtypes=("float32",)):
     for name, overrides, size, batches in VQ_VARIANTS:
         out += [_vq_case(name, overrides, size, batches, w, torch_cls=DiffusersVQModel,
                          dtypes=dtypes) for w in _outputs(name, overrides)]
-    return out
+    return out + diffusers_kl_cases(dtypes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,6 +565,25 @@ def shared_vq_pair(config, dtype, seed=0):
         theirs = DiffusersVQModel(**cfg)
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()},
                            assign=True)
+    randomize_(theirs.eval(), seed)
+    for p in theirs.parameters():
+        p.requires_grad_(False)
+    return ours, theirs
+
+
+def shared_kl_pair(dtype, seed=0):
+    """(NumPy FrozenAutoencoderKL, diffusers' AutoencoderKL) of the paper's autoencoder
+    (PAPER_DDCONFIG, embed_dim 4; 83,653,863 parameters) on random weights, sharing one copy of
+    them as `shared_vq_pair` does; GroupNorm's constants perturbed in place."""
+    from diffusers import AutoencoderKL
+    ours = NA.FrozenAutoencoderKL(NA.PAPER_DDCONFIG, NA.PAPER_EMBED_DIM, dtype=dtype, rng=seed)
+    with torch.device("meta"):
+        theirs = AutoencoderKL(block_out_channels=[128, 256, 512, 512],
+                               down_block_types=["DownEncoderBlock2D"] * 4,
+                               up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
+                               latent_channels=4, norm_num_groups=32, sample_size=256)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in
+                            ours.diffusers_state_dict().items()}, assign=True)
     randomize_(theirs.eval(), seed)
     for p in theirs.parameters():
         p.requires_grad_(False)
