@@ -34,7 +34,6 @@ import uvit_torch.vq_model as TQ  # noqa: E402
 from tests.parity_params import assert_case_passes, case_params  # noqa: E402
 from uvit_numpy.gradcheck import directional_error, module_directional_error  # noqa: E402
 from uvit_torch import parity  # noqa: E402
-from uvit_torch.parity import grads  # noqa: E402
 from uvit_torch.parity import vae as PV  # noqa: E402
 from uvit_torch.parity.harness import TOLERANCE, assert_close, to_torch  # noqa: E402
 
@@ -73,7 +72,8 @@ def test_cases_cover_every_block_and_both_reports():
         assert piece in names, piece
     report = [c.name for c in parity.all_cases()]
     assert "VQModel sample: tiny" in report
-    grad_names = " | ".join(c.name for c in grads.grad_cases())
+    from tests.test_backward import GRAD_CASES        # grads.grad_cases(), built once a session
+    grad_names = " | ".join(c.name for c in GRAD_CASES)
     for piece in ("group_norm", "pad2d", "upsample_nearest2d", "avg_pool2d", "straight_through",
                   "vq_loss legacy", "ResnetBlock2D", "Attention VAE mid block", "Encoder",
                   "Decoder", "VectorQuantizer grads", "VQModel grads: tiny"):

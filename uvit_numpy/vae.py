@@ -380,7 +380,7 @@ class Attention(layers.Attention):
         else:
             d_tokens = d
         dh, dctx = super().backward(d_tokens)             # (B, L, C), and the context's or None
-        if self.group_norm is not None:
+        if self.group_norm is not None:                   # (B, L, C) <-> (B, C, L) around it
             dh = self.group_norm.backward(dh.transpose(0, 2, 1)).transpose(0, 2, 1)
         if len(shape) == 4:
             dh = dh.transpose(0, 2, 1).reshape(shape)     # (B, L, C) -> (B, C, H, W)

@@ -234,6 +234,7 @@ def _vq_callables(ours, theirs, what, against_diffusers):
         port = TQ.VQModel(**ours.config, dtype=theirs.dtype).eval()
         port.load_state_dict(theirs.state_dict())
         ours = port
+
     def shape_of(m, x):
         h = m.encode(x).latents
         return (h.shape[0], h.shape[2], h.shape[3], h.shape[1])
