@@ -7,7 +7,7 @@
   own): float64 <= 1e-10, float32 <= 1e-5, code indices identical.
 * The torch port vs diffusers' own classes, both dtypes, the same tolerances.
 * aMUSEd's real VQ-GAN config (146,244,675 parameters) once, on one 32 x 32 image, against
-  diffusers (slow: ~11 s of CPU on an idle machine, see the test).
+  diffusers (slow: 12 s of CPU time, see the test).
 * Central differences for the new functional backwards and blocks (their torch-autograd checks
   are in test_backward.py, which runs every case of the --grads report).
 * The API as diffusers has it, folders, and bad input.
@@ -118,7 +118,7 @@ def test_amused_vq_gan_real_config_against_diffusers():
     difference of the two implementations, so the float32 comparison is made with
     `torch.backends.mkldnn` off (torch's im2col + GEMM path; the same network, computed with
     torch's own reference convolution).
-    Time on an idle 2-core machine: about 11 s of CPU (build 2 s, four forwards 9 s).
+    Measured: 12 s of CPU time (the wall time was 19-32 s on a shared, busy 2-core machine).
     """
     start = time.process_time()
     x32 = np.random.default_rng(0).uniform(-1.0, 1.0, (1, 3, 32, 32)).astype(np.float32)
