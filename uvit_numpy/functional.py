@@ -234,6 +234,62 @@ def adaptive_modulation_backward(dy, cache):
     return dx, np.sum(dy * x, axis=positions), np.sum(dy, axis=positions)
 
 
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, return_cache=False):
+    """GroupNorm: the C channels are cut into `num_groups` groups of C/G consecutive channels, and
+    every (sample, group) is normalised over its channels and all its positions together.
+
+    x: (B, C, *) with any number of trailing position axes, (B, C, H, W) or (B, C, L).
+    weight, bias: (C,) or None (a per-channel affine, as torch's `affine=True`). Returns x's shape.
+    y = (x - mean) / sqrt(var + eps) * weight + bias, mean and var over each group's C/G channels
+    x positions. Two-pass biased variance (the mean of squared deviations), eps inside the root,
+    as torch does. G = 1 is a LayerNorm over (C, *); G = C an InstanceNorm.
+    """
+    check_floating("group_norm: x", x)
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: expected x shaped (B, C, ...), got shape {x.shape}")
+    B, C = x.shape[:2]
+    if not isinstance(num_groups, (int, np.integer)) or num_groups < 1 or C % num_groups:
+        raise ValueError(f"group_norm: expected a num_groups that divides the {C} channels, "
+                         f"got {num_groups!r}")
+    if weight is not None:
+        check_dim("group_norm: x", x, 1, weight.shape[0], "channels")
+    xg = x.reshape(B, num_groups, -1)                     # (B, C, *) -> (B, G, C/G * positions)
+    mean = xg.mean(axis=-1, keepdims=True)                # (B, G, 1)
+    centred = xg - mean
+    var = np.mean(centred * centred, axis=-1, keepdims=True)  # (B, G, 1), biased
+    rstd = 1.0 / np.sqrt(var + eps)                       # (B, G, 1)
+    xhat = (centred * rstd).reshape(x.shape)              # (B, G, C/G * positions) -> (B, C, *)
+    per_channel = (C,) + (1,) * (x.ndim - 2)              # (C,) -> (C, 1, ...): broadcast over *
+    y = xhat if weight is None else xhat * weight.reshape(per_channel)
+    if bias is not None:
+        y = y + bias.reshape(per_channel)
+    return (y, (xhat, rstd, weight, bias is not None, num_groups)) if return_cache else y
+
+
+def group_norm_backward(dy, cache):
+    """Gradients of `group_norm`. dy: (B, C, *). Returns (dx, dweight, dbias).
+
+    LayerNorm's formula, group by group: with xhat = (x - mean) r, r = 1 / sqrt(var + eps) and
+    g = dy * weight (the weight broadcast over positions), means over each group's elements,
+        dx = r (g - mean(g) - xhat mean(g xhat)),
+    and per channel, summed over the batch and every position:
+        dweight = sum dy xhat,  dbias = sum dy.
+    """
+    xhat, rstd, weight, has_bias, G = cache
+    B, C = dy.shape[:2]
+    per_channel = (C,) + (1,) * (dy.ndim - 2)
+    g = dy if weight is None else dy * weight.reshape(per_channel)  # (B, C, *)
+    gg = g.reshape(B, G, -1)                              # (B, C, *) -> (B, G, n)
+    xg = xhat.reshape(B, G, -1)                           # (B, C, *) -> (B, G, n)
+    mean_g = gg.mean(axis=-1, keepdims=True)              # (B, G, 1)
+    mean_gx = (gg * xg).mean(axis=-1, keepdims=True)      # (B, G, 1)
+    dx = (rstd * (gg - mean_g - xg * mean_gx)).reshape(dy.shape)  # (B, G, n) -> (B, C, *)
+    axes = (0,) + tuple(range(2, dy.ndim))                # every axis but the channels
+    dweight = None if weight is None else (dy * xhat).sum(axis=axes)  # (C,)
+    dbias = dy.sum(axis=axes) if has_bias else None       # (C,)
+    return dx, dweight, dbias
+
+
 # --------------------------------------------------------------------------------------------------
 # Activations
 # --------------------------------------------------------------------------------------------------
@@ -637,6 +693,83 @@ def conv_transpose2d_backward(dy, cache):
             dw[:, :, a, b] = np.einsum("bchw,bohw->co", x, part, optimize=True)
     dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, dbias
+
+
+def pad2d(x, pad):
+    """Zero padding of the last two axes, with torch's `F.pad` order: pad = (left, right, top,
+    bottom). x: (..., H, W). Returns (..., top + H + bottom, left + W + right).
+
+    The VAE's `Downsample2D` pads (0, 1, 0, 1), one zero column on the right and one zero row at
+    the bottom, before a stride-2 3x3 conv without padding: an asymmetric padding that a conv's
+    own (symmetric) `padding` cannot express.
+    """
+    check_floating("pad2d: x", x)
+    if x.ndim < 2:
+        raise ValueError(f"pad2d: expected x with at least 2 axes (..., H, W), got {x.shape}")
+    left, right, top, bottom = pad
+    widths = [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)]
+    return np.pad(x, widths)                              # (..., H, W) -> (..., H', W')
+
+
+def pad2d_backward(dy, pad):
+    """Gradient of `pad2d`: dy (..., H', W') cropped back to (..., H, W); the padded zeros were
+    constants, so their gradient is dropped."""
+    left, right, top, bottom = pad
+    H, W = dy.shape[-2] - top - bottom, dy.shape[-1] - left - right
+    return dy[..., top:top + H, left:left + W]
+
+
+def upsample_nearest2d(x, scale_factor=2):
+    """Nearest-neighbour up-sampling by an integer factor s, as `F.interpolate(x, scale_factor=s,
+    mode="nearest")`: output pixel (i, j) copies input pixel (i // s, j // s).
+
+    x: (B, C, H, W). Returns (B, C, s H, s W). Each input pixel becomes an s x s block.
+    """
+    check_floating("upsample_nearest2d: x", x)
+    check_rank("upsample_nearest2d: x", x, 4, "(B, C, H, W)")
+    if not isinstance(scale_factor, (int, np.integer)) or scale_factor < 1:
+        raise ValueError(f"upsample_nearest2d: expected a positive integer scale_factor, "
+                         f"got {scale_factor!r}")
+    s = int(scale_factor)
+    return x.repeat(s, axis=2).repeat(s, axis=3)          # (B, C, H, W) -> (B, C, sH, sW)
+
+
+def upsample_nearest2d_backward(dy, scale_factor=2):
+    """Gradient of `upsample_nearest2d`: each input pixel was copied into an s x s block, so its
+    gradient is the **sum** of dy over that block (not the mean).
+    dy: (B, C, sH, sW) -> (B, C, H, W).
+    """
+    s = int(scale_factor)
+    B, C, Hs, Ws = dy.shape
+    blocks = dy.reshape(B, C, Hs // s, s, Ws // s, s)     # (B, C, H, s, W, s)
+    return blocks.sum(axis=(3, 5))                        # (B, C, H, W)
+
+
+def avg_pool2d(x, kernel_size=2):
+    """Average pooling over non-overlapping k x k windows (stride k, no padding), as
+    `F.avg_pool2d(x, k, k)`: a trailing row or column that does not fill a window is dropped.
+
+    x: (B, C, H, W). Returns (B, C, H // k, W // k).
+    """
+    check_floating("avg_pool2d: x", x)
+    check_rank("avg_pool2d: x", x, 4, "(B, C, H, W)")
+    k = int(kernel_size)
+    B, C, H, W = x.shape
+    if H < k or W < k:
+        raise ValueError(f"avg_pool2d: input {H}x{W} is smaller than the {k}x{k} window")
+    h, w = H // k, W // k
+    windows = x[:, :, :h * k, :w * k].reshape(B, C, h, k, w, k)  # (B, C, h, k, w, k)
+    return windows.mean(axis=(3, 5))                      # (B, C, h, w)
+
+
+def avg_pool2d_backward(dy, x_shape, kernel_size=2):
+    """Gradient of `avg_pool2d`: every pixel of a window gets 1/k^2 of the window's gradient;
+    pixels of a dropped trailing row or column get 0. dy: (B, C, h, w) -> x_shape (B, C, H, W)."""
+    k = int(kernel_size)
+    H, W = x_shape[2:]
+    share = dy * (1.0 / (k * k))
+    d = share.repeat(k, axis=2).repeat(k, axis=3)         # (B, C, h, w) -> (B, C, hk, wk)
+    return np.pad(d, ((0, 0), (0, 0), (0, H - d.shape[2]), (0, W - d.shape[3])))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1048,3 +1181,94 @@ def tokens_to_grid_backward(dy):
 def grid_to_tokens_backward(dy, grid):
     """Gradient of `grid_to_tokens`: dy (B, L, D) goes back through `tokens_to_grid`."""
     return tokens_to_grid(dy, grid)
+
+
+# --------------------------------------------------------------------------------------------------
+# Vector quantisation (the VQ-GAN's codebook)
+# --------------------------------------------------------------------------------------------------
+def euclidean_distances(x, y):
+    """All pairwise Euclidean distances, as `torch.cdist(x, y)` (p = 2) computes them.
+
+    x: (N, C) vectors, y: (K, C) codes. Returns (N, K) with d[n, k] = ||x[n] - y[k]||.
+    torch picks one of two routes, and so do we (the nearest code can depend on it when two
+    distances are within rounding of each other):
+    * N > 25 or K > 25: the matrix-product route. ||x - y||^2 = ||x||^2 - 2 x.y + ||y||^2 is one
+      product of augmented rows, [-2 x, ||x||^2, 1] . [y, 1, ||y||^2]; cancellation can leave a
+      tiny negative number, so it is clamped at 0 before the square root;
+    * otherwise the direct route: sqrt(sum_c (x_c - y_c)^2).
+    """
+    check_floating("euclidean_distances: x", x)
+    check_rank("euclidean_distances: x", x, 2, "(N, C)")
+    check_rank("euclidean_distances: y", y, 2, "(K, C)")
+    check_dim("euclidean_distances: x", x, 1, y.shape[1], "width (the codes' width)")
+    N, K = x.shape[0], y.shape[0]
+    if N > 25 or K > 25:
+        x_norm = np.sum(x * x, axis=1, keepdims=True)     # (N, 1)
+        y_norm = np.sum(y * y, axis=1, keepdims=True)     # (K, 1)
+        x_aug = np.concatenate([-2.0 * x, x_norm, np.ones_like(x_norm)], axis=1)  # (N, C + 2)
+        y_aug = np.concatenate([y, np.ones_like(y_norm), y_norm], axis=1)         # (K, C + 2)
+        squared = x_aug @ y_aug.T                         # (N, C + 2) @ (C + 2, K) -> (N, K)
+        return np.sqrt(np.maximum(squared, 0.0))
+    diff = x[:, None, :] - y[None, :, :]                  # (N, 1, C) - (1, K, C) -> (N, K, C)
+    return np.sqrt(np.sum(diff * diff, axis=-1))          # (N, K)
+
+
+def nearest_code(z, codebook):
+    """The index of the nearest code for every row: argmin_k ||z[n] - codebook[k]||.
+
+    z: (N, C). codebook: (K, C). Returns (N,) int64. Distances as `euclidean_distances` (torch's
+    `cdist`, as diffusers' `VectorQuantizer` computes them); a tie goes to the lowest index, as
+    both `np.argmin` and `torch.argmin` resolve it. The search is not differentiable: no gradient
+    flows through an argmin.
+    """
+    return np.argmin(euclidean_distances(z, codebook), axis=1).astype(np.int64)
+
+
+def vq_loss(z, z_q, beta, legacy=True, return_cache=False):
+    """The codebook and commitment terms of a VQ-VAE's loss. z, z_q: the same shape (the encoder's
+    vectors and their nearest codes). Returns a 0-d array.
+
+    With sg[.] a stop-gradient (torch's `.detach()`) and means over every element:
+        legacy=True:  loss = mean((sg[z_q] - z)^2) + beta mean((z_q - sg[z])^2)
+        legacy=False: loss = beta mean((sg[z_q] - z)^2) + mean((z_q - sg[z])^2)
+    The paper's loss is the second one: the codebook term pulls codes towards the encoder's
+    vectors with weight 1, the commitment term (weight beta) keeps the encoder near its codes.
+    diffusers' default, legacy=True, keeps an old bug that swapped the two weights. The two terms
+    have the same value, so loss = (1 + beta) mean((z_q - z)^2) either way: only where the
+    gradient goes differs (see `vq_loss_backward`).
+    """
+    diff = z_q - z
+    mse = np.mean(diff * diff)                            # both terms' value
+    loss = (mse + beta * mse) if legacy else (beta * mse + mse)
+    loss = np.asarray(loss, dtype=z.dtype)
+    return (loss, (diff, beta, legacy)) if return_cache else loss
+
+
+def vq_loss_backward(dloss, cache):
+    """Gradients of `vq_loss`. dloss: the upstream gradient of the scalar loss (1.0 when it is the
+    objective). Returns (dz, dz_q).
+
+    With n = the number of elements and w_z, w_q the weights of the terms whose gradient reaches
+    z and z_q (legacy: w_z = 1, w_q = beta; otherwise w_z = beta, w_q = 1):
+        dz = dloss w_z 2 (z - z_q) / n,   dz_q = dloss w_q 2 (z_q - z) / n.
+    """
+    diff, beta, legacy = cache
+    w_z, w_q = (1.0, beta) if legacy else (beta, 1.0)
+    scale = float(dloss) * 2.0 / diff.size
+    return (-w_z * scale) * diff, (w_q * scale) * diff
+
+
+def straight_through(z, z_q):
+    """The straight-through estimator's forward: z + sg[z_q - z] (sg = stop-gradient).
+
+    Its value is z_q (up to one rounding: it is computed as z + (z_q - z), as diffusers does);
+    its gradient is the identity to z and nothing to z_q. The decoder sees codes, and the
+    encoder receives the decoder's gradient as if quantisation were not there.
+    """
+    return z + (z_q - z)
+
+
+def straight_through_backward(dy):
+    """Gradient of `straight_through`: (dz, dz_q) = (dy, None). The whole upstream gradient goes to
+    z, unchanged; the codes get none along this path (only `vq_loss` moves them)."""
+    return dy, None

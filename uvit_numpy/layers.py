@@ -145,6 +145,38 @@ class GlobalResponseNorm(Module):
         return dx
 
 
+class GroupNorm(Module):
+    """torch.nn.GroupNorm: `num_groups` groups of channels, each normalised over its channels and
+    all positions; weight (C,) ones and bias (C,) zeros if `affine`. Input (B, C, *)."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32,
+                 rng=None):
+        super().__init__(dtype)
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels={num_channels} is not divisible by "
+                             f"num_groups={num_groups}")
+        self.num_groups, self.num_channels, self.eps = int(num_groups), int(num_channels), eps
+        self.weight = np.ones(self.num_channels, self.dtype) if affine else None
+        self.bias = np.zeros(self.num_channels, self.dtype) if affine else None
+
+    def forward(self, x):
+        """x: (B, C, *) -> (B, C, *)."""
+        x = to_module_dtype("GroupNorm: x", x, self.dtype)
+        if x.ndim < 2:
+            raise ValueError(f"GroupNorm: expected x shaped (B, C, ...), got shape {x.shape}")
+        check_dim("GroupNorm: x", x, 1, self.num_channels, "channels")
+        return self._record(*F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                          return_cache=True))
+
+    def backward(self, grad_out):
+        dx, dw, db = F.group_norm_backward(grad_out, self._recall(grad_out))
+        self.accumulate_grads(weight=dw, bias=db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
 class SiLU(Module):
     """x * sigmoid(x); no parameters."""
 

@@ -19,3 +19,11 @@ __all__ += ["UViT", "UViTText"]
 __all__ += ["UVit2DModel", "UVit2DConvEmbed", "UVitBlock", "ConvNextBlock", "ConvMlmLayer",
             "SkipFFTransformerBlock", "BasicTransformerBlock", "FeedForward",
             "AdaLayerNormContinuous", "Downsample2D", "Upsample2D"]
+
+# The autoencoders (NCHW blocks in `vae`; their Downsample2D/Upsample2D are not uvit2d's above)
+from . import vae  # noqa: E402
+from .layers import GroupNorm  # noqa: E402
+from .vq_model import VectorQuantizer, VQModel  # noqa: E402
+from .autoencoder import FrozenAutoencoderKL  # noqa: E402
+
+__all__ += ["vae", "GroupNorm", "VQModel", "VectorQuantizer", "FrozenAutoencoderKL"]

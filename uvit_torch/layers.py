@@ -80,6 +80,18 @@ class GlobalResponseNorm(nn.Module):
         return UF.global_response_norm(x, self.gamma, self.beta)
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (input (B, C, *)) with input checks."""
+
+    def forward(self, x):
+        check_floating("GroupNorm: x", x)
+        if x.ndim < 2:
+            raise ValueError(f"GroupNorm: expected x shaped (B, C, ...), got shape "
+                             f"{tuple(x.shape)}")
+        check_dim("GroupNorm: x", x, 1, self.num_channels, "channels")
+        return super().forward(x)
+
+
 class SiLU(nn.SiLU):
     """nn.SiLU with input checks (`dtype` accepted for symmetry with the NumPy twin)."""
 

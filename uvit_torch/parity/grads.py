@@ -375,11 +375,13 @@ def module_grad_cases(cases):
 
 def grad_cases():
     """Every gradient case: functions, then layers, U-ViT blocks and models, UVit2DModel blocks
-    and models, CLIP's text blocks and models."""
-    from . import clip, core, uvit, uvit2d
+    and models, CLIP's text blocks and models, then the autoencoders' functions, blocks,
+    quantiser and VQ-GANs."""
+    from . import clip, core, uvit, uvit2d, vae
     return (function_cases() + module_grad_cases(core.cases())
             + module_grad_cases(uvit.cases()) + module_grad_cases(uvit2d.cases("tiny"))
-            + module_grad_cases(clip.cases()))
+            + module_grad_cases(clip.cases())
+            + vae.function_cases() + module_grad_cases(vae.cases()) + vae.vq_grad_cases())
 
 
 def run_grads(only="", dtypes=None):
