@@ -22,8 +22,8 @@ from pathlib import Path
 
 from .catalogue import EXERCISES, get_exercise
 from .grading import DEFAULT_MEMORY, DEFAULT_TIMEOUT, grade_file, start_server
-from .sandbox import SandboxUnavailable
 from .notebooks import default_source_dir, release, student_files
+from .sandbox import SandboxUnavailable
 
 
 def cmd_list(args):

@@ -52,7 +52,7 @@ from .analysis import read_file
 from .catalogue import EXERCISES
 from .checker import CheckResult, expected_outputs, judge
 from .notebooks import student_code
-from .sandbox import SandboxUnavailable, get_sandbox, unavailable_reason
+from .sandbox import SandboxedProcess, get_sandbox, unavailable_reason
 
 DEFAULT_TIMEOUT = 60.0          # seconds of wall clock for one child process
 DEFAULT_MEMORY = 2048           # MB the student's code may allocate (address space)
@@ -106,7 +106,8 @@ def grade_file(path, names=None, timeout=DEFAULT_TIMEOUT, memory=DEFAULT_MEMORY,
         for name, uses in reading.uses.items():
             report.results[name] = CheckResult(name, "uses the reference", [],
                                                _uses_note(wanted[name], uses))
-        _run_rounds(child, report, reading, wanted, (cells, timeout, memory, sandbox))
+        _run_rounds(child, report, reading, wanted,
+                    lambda skip: _Child(path, cells, skip, timeout, memory, sandbox))
     finally:
         child.close()
         if len(_LINGERING) > 4:
@@ -116,12 +117,11 @@ def grade_file(path, names=None, timeout=DEFAULT_TIMEOUT, memory=DEFAULT_MEMORY,
     return report
 
 
-def _run_rounds(child, report, reading, wanted, how):
+def _run_rounds(child, report, reading, wanted, new_child):
     """Check what the static reading left open, in as many child processes as it takes: each
     round ends with every exercise checked, or settles the exercise or the cell that stopped
-    its process, and the next round (a fresh process) goes on with the rest. `how`: the
-    arguments of `_Child` after the cells to skip."""
-    cells, timeout, memory, box = how
+    its process, and the next round (a fresh process, `new_child(cells to skip)`) goes on with
+    the rest."""
     cells_of = {}
     for name, label in reading.defined_in.items():
         cells_of.setdefault(label, []).append(name)
@@ -130,7 +130,7 @@ def _run_rounds(child, report, reading, wanted, how):
         if not [n for n in wanted if n not in report.results]:
             return
         if child is None:
-            child = _Child(report.path, cells, skip, timeout, memory, box)
+            child = new_child(skip)
         try:
             event = child.load()
             if event.failed:
@@ -229,11 +229,11 @@ class _Child:
                 pass
         else:
             self.proc.kill()
-        if getattr(self.proc, "lingers", True):
+        if isinstance(self.proc, SandboxedProcess):    # the sandbox runs one child at a time
+            self._finish(block=True)
+        else:
             _LINGERING.append(self)
             _reap(block=False)
-        else:                                          # the sandbox runs one child at a time
-            self._finish(block=True)
 
     def _finish(self, block):
         """Join the child (killing it after a second's grace); True once it is gone."""

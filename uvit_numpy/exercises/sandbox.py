@@ -79,6 +79,10 @@ def bwrap_command(bwrap, version=(0, 0, 0)):
         args += ["--disable-userns"]                      # no nested namespaces either
     for name, value in _environment(pythonpath).items():
         args += ["--setenv", name, value]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    if version >= (0, 7):
+        args += ["--size", str(TMP_SIZE)]
+    args += ["--perms", "1777", "--tmpfs", "/tmp"]     # first: a Python under /tmp goes on it
     bound = []
     for path in SYSTEM:
         if os.path.islink(path):                          # /bin -> usr/bin on merged-/usr systems
@@ -92,11 +96,7 @@ def bwrap_command(bwrap, version=(0, 0, 0)):
         if not _inside(path, bound):
             args += ["--ro-bind", path, path]
             bound.append(path)
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    if version >= (0, 7):
-        args += ["--size", str(TMP_SIZE)]
-    args += ["--perms", "1777", "--tmpfs", "/tmp",
-             "--remount-ro", "/dev", "--remount-ro", "/",  # writable: /tmp only
+    args += ["--remount-ro", "/dev", "--remount-ro", "/",  # writable: /tmp only
              "--chdir", "/"]
     return args
 
@@ -155,7 +155,7 @@ def bwrap_version(bwrap):
     """(0, 8, 0) from `bwrap --version` ("bubblewrap 0.8.0"); (0, 0, 0) if it does not say."""
     try:
         out = subprocess.run([bwrap, "--version"], capture_output=True, text=True,
-                             timeout=10).stdout
+                             timeout=10, check=False).stdout
         return tuple(int(n) for n in out.split()[-1].split(".")[:3])
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return (0, 0, 0)
@@ -169,7 +169,7 @@ class Sandbox:
 
     def __init__(self, bwrap):
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.log = tempfile.TemporaryFile()               # bwrap's and the zygote's stderr
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 -- bwrap's and the zygote's stderr
         command = bwrap_command(bwrap, bwrap_version(bwrap)) + [
             "--", sys.executable, "-c",
             f"from uvit_numpy.exercises.sandbox import zygote_main; zygote_main({theirs.fileno()})"]
@@ -239,9 +239,8 @@ class Sandbox:
 
 class SandboxedProcess:
     """The child as the zygote runs it, seen through what the grader uses of a
-    multiprocessing.Process: is_alive, join, kill, exitcode."""
-
-    lingers = False            # the grader waits for its exit before it starts the next child
+    multiprocessing.Process: is_alive, join, kill, exitcode. The grader waits for its exit
+    before it starts the next child."""
 
     def __init__(self, sandbox, exitcode=None):
         self.sandbox, self.exitcode = sandbox, exitcode
@@ -348,7 +347,7 @@ def zygote_main(control_fd):
                 os.close(fd)
             continue
         memory = None if words[1] == "-" else int(words[1])
-        os.mkdir("/tmp/work")
+        os.makedirs("/tmp/work", exist_ok=True)
         pid = os.fork()
         if pid == 0:                                     # the child: nothing of the zygote's
             try:
@@ -395,14 +394,22 @@ def _clear():
             os.waitpid(-1, 0)                            # orphans come to PID 1, too
         except ChildProcessError:
             break
-    for entry in os.scandir("/tmp"):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            try:
+    _empty("/tmp")
+
+
+def _empty(folder):
+    """Delete what is under `folder`, but the read-only folders mounted there (a Python
+    installation under /tmp)."""
+    for entry in os.scandir(folder):
+        try:
+            if not entry.is_dir(follow_symlinks=False):
                 os.unlink(entry.path)
-            except OSError:
-                pass
+            elif not os.path.ismount(entry.path):
+                os.chmod(entry.path, 0o700)               # the child may have locked it
+                _empty(entry.path)
+                os.rmdir(entry.path)
+        except OSError:                                   # a folder that leads to a mount
+            pass
 
 
 def _not_dumpable():
