@@ -67,6 +67,9 @@ def _attacks(marks, paths, port):
             subprocess.Popen(["/bin/sleep", {marks["detached"]!r}], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return x""",
+        "writes_to_the_terminal.py": """
+            print("\\x1b]0;pwned\\x07\\x1b[2J")                 # a title, a cleared screen
+            raise RuntimeError("\\x1b]0;pwned\\x07\\x9b2J")""",
         "kills_the_grader.py": """
             for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSTOP):
                 try:
@@ -137,7 +140,7 @@ def _warned_fallback(folder, capsys):
     assert main(["grade", "-q", "--sandbox", "auto", str(folder)]) == 0
     reason = sandbox.unavailable_reason()
     err = capsys.readouterr().err.splitlines()
-    warnings = [ln for ln in err if ln.startswith("warning: no sandbox")]
+    warnings = [ln for ln in err if ln.startswith("warning: grading without a sandbox")]
     assert len(warnings) == 1 and reason in warnings[0], err
     return reason
 
@@ -165,6 +168,7 @@ def test_every_attack_costs_only_its_own_row(school, capsys):
     assert not (paths["home"] / "written.txt").exists() and not paths["outside"].exists()
     assert not _accepted(listener)
     assert not _processes_with(marks["fork"]) and not _processes_with(marks["detached"])
+    assert "\x1b" not in text and "\x9b" not in text and "\\x1b]0;pwned" in text
     assert "started " in text
     if os.geteuid() != 0:                                     # the kernel never counts root's
         started = int(text.split("started ")[1].split()[0])
@@ -221,6 +225,6 @@ def test_without_bubblewrap_auto_warns_once_and_require_refuses(school, capsys, 
                  str(folder / "honest_layer_norm.py")]) == 2
     assert "No permissions" in capsys.readouterr().err
     monkeypatch.setattr(sandbox, "_state", {"sandbox": None, "reason": None})
-    with pytest.warns(RuntimeWarning, match="no sandbox"):   # the Python API says it too
+    with pytest.warns(RuntimeWarning, match="without a sandbox"):   # the Python API says it too
         report = grade_file(folder / "honest_rms_norm.py")
     assert report.results["rms_norm"].status == "passed"

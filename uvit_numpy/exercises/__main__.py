@@ -62,7 +62,7 @@ def cmd_check(args):
         print(f"check: {path} does not define a function named {exercise.name!r}",
               file=sys.stderr)
         return 1
-    print(result.report())
+    print(_printable(result.report()))
     return 0 if result else 1
 
 
@@ -97,7 +97,7 @@ def cmd_grade(args):
     if failures and not args.quiet:
         print("\nwhat failed:")
         for path, result in failures:
-            print(f"\n[{path}]\n{result.report()}")
+            print(_printable(f"\n[{path}]\n{result.report()}"))
     return 0 if passed == len(rows) else 1
 
 
@@ -141,15 +141,24 @@ def cmd_release(args):
     return 0
 
 
+# Control characters (escape sequences, C1 codes) shown as \x1b, say: what a student's code
+# raised or printed, or wrote in a file name, never drives the teacher's terminal.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), *range(127, 160)] if chr(c) not in "\n\t"}
+
+
+def _printable(text):
+    return text.translate(_CONTROL)
+
+
 def _print_notes(path, notes):
     for note in notes:
-        print(f"note: {path}: {note}", file=sys.stderr)
+        print(_printable(f"note: {path}: {note}"), file=sys.stderr)
 
 
 def _print_table(header, rows):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print(_printable("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()))
 
 
 def _limits(p):

@@ -470,9 +470,9 @@ def start_server(sandbox="auto"):
         forkserver.ensure_running()
     why = unavailable_reason()
     if sandbox == "auto" and why and why != known:
-        return (f"warning: no sandbox ({why}): each file still runs in a child process with "
-                "time and memory limits, but it can read and write your files, use the network "
-                "and signal the grader")
+        return (f"warning: grading without a sandbox ({why}): each file runs in a child "
+                "process with time and memory limits, but can read and write your files, use "
+                "the network and signal the grader")
     return None
 
 

