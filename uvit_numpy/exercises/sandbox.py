@@ -8,7 +8,7 @@ then the case inputs from that pipe, exactly as a child of the unsandboxed grade
 (`grading.child_main`). When the child exits, or the grader tells the zygote to kill it, the
 zygote kills every process the child left behind, empties /tmp and reports the exit status.
 Forking from a warm zygote keeps a child's start in milliseconds; a fresh interpreter per file
-would cost a second each.
+would cost most of a second each (the imports).
 
 What the sandbox sees (`bwrap_command`):
 
@@ -20,6 +20,8 @@ What the sandbox sees (`bwrap_command`):
 * its own user, PID, network, IPC and UTS namespaces: no network but a loopback of its own, no
   process of the host in sight, all capabilities dropped, a new session (no terminal to write
   to), an empty environment but for a few fixed variables;
+* in each child, a limit on processes and threads (RLIMIT_NPROC, counted in the sandbox's user
+  namespace; the kernel exempts root) besides the grader's time, memory and output limits;
 * the zygote is PID 1 of its namespace, so the child cannot kill it (the kernel drops signals to
   a namespace's init from inside it) nor trace it (it is not dumpable); the grader is outside.
 
@@ -203,11 +205,12 @@ class Sandbox:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:                 # alive but silent
             return f"the sandbox did not start within {START_TIMEOUT:g} s"
-
         self.log.seek(0)
         lines = [ln.strip() for ln in self.log.read().decode("utf-8", "replace").splitlines()
                  if ln.strip()]
-        return lines[-1] if lines else f"bwrap exited with status {self.proc.returncode}"
+        if not lines:
+            return f"bwrap exited with status {self.proc.returncode}"
+        return lines[-1] if lines[-1].startswith("bwrap") else f"in the sandbox: {lines[-1]}"
 
     @property
     def alive(self):
@@ -283,6 +286,8 @@ def get_sandbox(mode):
         return None
     if box is not None and box.alive:
         return box
+    if box is not None:                                   # it ended: start another
+        box.close()
     try:
         _state["sandbox"] = _make()
         _state["reason"] = None
