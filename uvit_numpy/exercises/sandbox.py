@@ -337,6 +337,7 @@ def zygote_main(control_fd):
     sys.path[:] = [p for p in sys.path if p]             # not the working directory
     signal.signal(signal.SIGINT, signal.SIG_DFL)         # as PID 1: no signal from inside
     _not_dumpable()
+    os.close(os.pidfd_open(os.getpid()))                 # Linux 5.3, or no start at all
     control = socket.socket(fileno=control_fd)
     control.send(b"ready")
     while True:
