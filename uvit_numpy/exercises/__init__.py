@@ -12,8 +12,9 @@ From the shell:
     python -m uvit_numpy.exercises grade FILE_OR_DIR     # every exercise found, a score table
     python -m uvit_numpy.exercises release OUTDIR        # the student notebooks, no solutions
 
-`check` and `grade` run each file in a child process with limits and judge in their own
-(`grading`); `check(...)` in a notebook runs in the notebook's kernel.
+`check` and `grade` run each file in a child process with limits, inside a bubblewrap sandbox
+where one can be made (`sandbox`), and judge in their own (`grading`); `check(...)` in a
+notebook runs in the notebook's kernel.
 
 The exercise notebooks live in book/exercises; `catalogue.EXERCISES` lists the exercises in course
 order, each with its reference, its cases and the mistakes its checker recognises.

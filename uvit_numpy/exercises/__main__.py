@@ -6,8 +6,10 @@ grade    every exercise defined in FILE, or in the .py/.ipynb files under DIR: a
          what failed and why (unless --quiet)
 release  write the student notebooks (solutions replaced by `raise NotImplementedError`)
 
-`check` and `grade` run each file in a child process of its own, with a time limit (--timeout)
-and a memory limit (--memory), and judge what it returns in this one (see `grading`); the table's
+`check` and `grade` run each file in a child process of its own, inside a sandbox (--sandbox:
+auto, the default, uses bubblewrap where it works and says so where it does not; require refuses
+to grade without it; off), with a time limit (--timeout) and a memory limit (--memory), and judge
+what it returns in this one (see `grading` and `sandbox`); the table's
 status is passed, failed, not attempted, bad output, timed out, exited, crashed, uses the
 reference or syntax error. They exit with status 0 only when everything they ran passed (1
 otherwise, 2 for a usage error such as a missing file). `release` refuses to overwrite notebooks
@@ -21,6 +23,7 @@ from pathlib import Path
 from .catalogue import EXERCISES, get_exercise
 from .grading import DEFAULT_MEMORY, DEFAULT_TIMEOUT, grade_file, start_server
 from .notebooks import default_source_dir, release, student_files
+from .sandbox import SandboxUnavailable
 
 
 def cmd_list(args):
@@ -49,15 +52,17 @@ def cmd_check(args):
     if not path.is_file():
         print(f"check: no such file {path}", file=sys.stderr)
         return 2
-    start_server()
-    report = grade_file(path, [exercise.name], timeout=args.timeout, memory=_memory(args))
+    if not _start(args):
+        return 2
+    report = grade_file(path, [exercise.name], timeout=args.timeout, memory=_memory(args),
+                        sandbox=args.sandbox)
     _print_notes(path, report.notes)
     result = report.results.get(exercise.name)
     if result is None:
         print(f"check: {path} does not define a function named {exercise.name!r}",
               file=sys.stderr)
         return 1
-    print(result.report())
+    print(_printable(result.report()))
     return 0 if result else 1
 
 
@@ -67,10 +72,12 @@ def cmd_grade(args):
     except ValueError as exc:
         print(f"grade: {exc}", file=sys.stderr)
         return 2
-    start_server()                       # the children's server starts while the files are read
+    if not _start(args):
+        return 2
     rows, failures = [], []
     for path in files:
-        report = grade_file(path, timeout=args.timeout, memory=_memory(args))
+        report = grade_file(path, timeout=args.timeout, memory=_memory(args),
+                            sandbox=args.sandbox)
         if not args.quiet:
             _print_notes(path, report.notes)
         for name, result in report.results.items():
@@ -90,13 +97,27 @@ def cmd_grade(args):
     if failures and not args.quiet:
         print("\nwhat failed:")
         for path, result in failures:
-            print(f"\n[{path}]\n{result.report()}")
+            print(_printable(f"\n[{path}]\n{result.report()}"))
     return 0 if passed == len(rows) else 1
 
 
 def _cases(result):
     """'3/4' when the cases ran, '-' when the grader could not run them."""
     return f"{result.passed}/{result.total}" if result.cases else "-"
+
+
+def _start(args):
+    """Start the sandbox (or what the children come from without one) before any work; False
+    when --sandbox require cannot be met (said on stderr)."""
+    try:
+        warning = start_server(args.sandbox)
+    except SandboxUnavailable as exc:
+        print(f"{args.command}: --sandbox require: no sandbox can be made here: {exc}",
+              file=sys.stderr)
+        return False
+    if warning:
+        print(warning, file=sys.stderr)
+    return True
 
 
 def _memory(args):
@@ -120,15 +141,24 @@ def cmd_release(args):
     return 0
 
 
+# Control characters (escape sequences, C1 codes) shown as \x1b, say: what a student's code
+# raised or printed, or wrote in a file name, never drives the teacher's terminal.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), *range(127, 160)] if chr(c) not in "\n\t"}
+
+
+def _printable(text):
+    return text.translate(_CONTROL)
+
+
 def _print_notes(path, notes):
     for note in notes:
-        print(f"note: {path}: {note}", file=sys.stderr)
+        print(_printable(f"note: {path}: {note}"), file=sys.stderr)
 
 
 def _print_table(header, rows):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print(_printable("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()))
 
 
 def _limits(p):
@@ -138,6 +168,10 @@ def _limits(p):
     p.add_argument("--memory", type=int, default=DEFAULT_MEMORY,
                    help=f"MB a file's code may allocate, on Linux (default {DEFAULT_MEMORY}; "
                         "0: no limit)")
+    p.add_argument("--sandbox", choices=("auto", "require", "off"), default="auto",
+                   help="run each file inside a bubblewrap sandbox: auto (default: when it "
+                        "works here, else without, with a warning), require (refuse to grade "
+                        "without), off")
 
 
 def main(argv=None):

@@ -1,18 +1,21 @@
-"""Grading a class: every student's file runs in a child process with limits, and the verdict is
-made here, in the grader's own process.
+"""Grading a class: every student's file runs in a child process with limits, inside a sandbox
+when one can be made, and the verdict is made here, in the grader's own process.
 
 `grade_file(path)` does, for one .py or .ipynb file:
 
 1. **Read it without running it** (`analysis.read_file`): the cells that do not parse ("syntax
    error", with the cell and the line) and the exercise functions that call into `uvit_numpy` or
    `uvit_torch` beyond what their notebook allows ("uses the reference"); those are not run.
-2. **Run it in a child process**, started fresh (see `_context`), in an empty temporary working
-   directory, with stdin closed, its output captured to a file and capped, a wall-clock limit
-   (`timeout` seconds) and, on Linux, a memory limit (`resource.RLIMIT_AS`, `memory` MB more than
-   the child has when it starts). The child runs the file's code cells, then, for each exercise,
-   calls the student's function on the case inputs this process sends and sends back what it
-   returned (or the exception and the student's line that raised it): arrays and plain values
-   only, never pickled objects of the student's making.
+2. **Run it in a child process** that never ran anyone else's code: a fork of the sandbox's
+   zygote (`sandbox`: bubblewrap, no network, no files but the system and Python's, its own
+   processes) or, without a sandbox, of a clean grader process (see `_context`). It works in an
+   empty temporary directory, with stdin closed, its output captured to a file and capped, a
+   wall-clock limit (`timeout` seconds) and, on Linux, a memory limit (`resource.RLIMIT_AS`,
+   `memory` MB more than the child has when it starts). The child receives the file's code
+   cells from this process and runs them, then, for each exercise, calls the student's function
+   on the case inputs this process sends and sends back what it returned (or the exception and
+   the student's line that raised it): arrays and plain values only, never pickled objects of
+   the student's making.
 3. **Judge here** (`checker.judge`): this process computes the references, compares and
    diagnoses. Whatever the student's code does to modules in its own process (patching the
    checker, say) cannot change a result.
@@ -22,8 +25,9 @@ hung in a code cell, the exercises that cell defines), and the rest of the file 
 fresh process that skips the cell that hung. An exit (`sys.exit()`, `os._exit`) is "exited", a
 crash (a signal, the memory limit) is "crashed", an output that is not an array "bad output".
 
-This is isolation, not a sandbox: the child can still read and write whatever the teacher's
-account can. For submissions you do not trust, run the grader in a container (README, *Coursework*).
+Without a sandbox (`sandbox="off"`, or "auto" where bubblewrap cannot work) this is isolation,
+not a sandbox: the child can still read and write whatever the teacher's account can, use the
+network and signal the grader (README, *Coursework*).
 """
 
 import atexit
@@ -37,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +51,8 @@ from . import notebooks
 from .analysis import read_file
 from .catalogue import EXERCISES
 from .checker import CheckResult, expected_outputs, judge
+from .notebooks import student_code
+from .sandbox import SandboxedProcess, get_sandbox, unavailable_reason
 
 DEFAULT_TIMEOUT = 60.0          # seconds of wall clock for one child process
 DEFAULT_MEMORY = 2048           # MB the student's code may allocate (address space)
@@ -69,30 +76,38 @@ class FileReport:
 # --------------------------------------------------------------------------------------------------
 # The parent: one file
 # --------------------------------------------------------------------------------------------------
-def grade_file(path, names=None, timeout=DEFAULT_TIMEOUT, memory=DEFAULT_MEMORY):
+def grade_file(path, names=None, timeout=DEFAULT_TIMEOUT, memory=DEFAULT_MEMORY,
+               sandbox="auto"):
     """Grade the exercises `names` (default: all) that the file at `path` defines; a FileReport.
 
     timeout: seconds of wall clock for each child process; memory: MB the student's code may
-    allocate (None: no limit).
+    allocate (None: no limit); sandbox: "auto" (bubblewrap when it works here, else plain child
+    processes, with a RuntimeWarning the first time), "require" (SandboxUnavailable when no
+    sandbox can be made) or "off" (see `start_server`).
     """
     path = Path(path)
     wanted = {n: EXERCISES[n] for n in (names or EXERCISES)}
     report = FileReport(path)
-    child = _Child(path, (), timeout, memory)          # it loads the file while we read it
+    warning = start_server(sandbox)
+    if warning:
+        warnings.warn(warning, RuntimeWarning, stacklevel=2)
     try:
-        try:
-            reading = read_file(path, wanted)
-        except ValueError as exc:                      # not a notebook (invalid JSON, ...)
-            report.notes.append(str(exc))
-            report.unreadable = True
-            return report
+        cells = student_code(path.resolve())
+    except ValueError as exc:                          # not a notebook (invalid JSON, ...)
+        report.notes.append(str(exc))
+        report.unreadable = True
+        return report
+    child = _Child(path, cells, (), timeout, memory, sandbox)   # it runs while we read
+    try:
+        reading = read_file(path, wanted)
         report.notes += reading.syntax_errors
         for name, message in reading.broken.items():
             report.results[name] = CheckResult(name, "syntax error", [], message)
         for name, uses in reading.uses.items():
             report.results[name] = CheckResult(name, "uses the reference", [],
                                                _uses_note(wanted[name], uses))
-        _run_rounds(child, report, reading, wanted, timeout, memory)
+        _run_rounds(child, report, reading, wanted,
+                    lambda skip: _Child(path, cells, skip, timeout, memory, sandbox))
     finally:
         child.close()
         if len(_LINGERING) > 4:
@@ -102,10 +117,11 @@ def grade_file(path, names=None, timeout=DEFAULT_TIMEOUT, memory=DEFAULT_MEMORY)
     return report
 
 
-def _run_rounds(child, report, reading, wanted, timeout, memory):
+def _run_rounds(child, report, reading, wanted, new_child):
     """Check what the static reading left open, in as many child processes as it takes: each
     round ends with every exercise checked, or settles the exercise or the cell that stopped
-    its process, and the next round (a fresh process) goes on with the rest."""
+    its process, and the next round (a fresh process, `new_child(cells to skip)`) goes on with
+    the rest."""
     cells_of = {}
     for name, label in reading.defined_in.items():
         cells_of.setdefault(label, []).append(name)
@@ -114,7 +130,7 @@ def _run_rounds(child, report, reading, wanted, timeout, memory):
         if not [n for n in wanted if n not in report.results]:
             return
         if child is None:
-            child = _Child(report.path, skip, timeout, memory)
+            child = new_child(skip)
         try:
             event = child.load()
             if event.failed:
@@ -169,23 +185,36 @@ class _Event:
 
 
 class _Child:
-    """One child process grading one file, and the pipe to it."""
+    """One child process grading one file, and the pipe to it.
 
-    def __init__(self, path, skip, timeout, memory):
+    cells: the file's code cells (`notebooks.student_code`), sent to the child, which runs them
+    but those labelled in `skip`; sandbox: "auto", "require" or "off" (`get_sandbox`).
+    """
+
+    def __init__(self, path, cells, skip, timeout, memory, sandbox="auto"):
         self.path, self.timeout, self.dead = Path(path).resolve(), timeout, False
         self.tmp = tempfile.TemporaryDirectory(prefix="uvit_grade_")
-        work = Path(self.tmp.name) / "work"
-        work.mkdir()
         self.output = Path(self.tmp.name) / "output.txt"
         self.output.touch()
-        ctx = _context()
-        self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=child_main, daemon=True, args=(
-            child_conn, str(self.path), str(work), str(self.output), memory, sorted(skip)))
+        box = get_sandbox(sandbox)
+        if box is not None:                            # a fork of the sandbox's zygote
+            self.conn, child_conn = multiprocessing.Pipe()
+            self.proc = box.start(child_conn, self.output, memory)
+        else:                                          # a fork of a clean grader process
+            work = Path(self.tmp.name) / "work"
+            work.mkdir()
+            ctx = _context()
+            self.conn, child_conn = ctx.Pipe()
+            self.proc = ctx.Process(target=child_main, daemon=True, args=(
+                child_conn, str(work), str(self.output), memory))
+            self.proc.start()
+        child_conn.close()
         self.deadline = time.monotonic() + timeout
         self.where, self.loaded, self.closed = "", False, False
-        self.proc.start()
-        child_conn.close()
+        try:
+            self.conn.send(("load", str(self.path), cells, sorted(skip)))
+        except OSError:                                # the child is gone: _receive says how
+            pass
 
     def close(self):
         """Tell the child it is done (or kill it, when it never finished loading). The exit
@@ -200,8 +229,11 @@ class _Child:
                 pass
         else:
             self.proc.kill()
-        _LINGERING.append(self)
-        _reap(block=False)
+        if isinstance(self.proc, SandboxedProcess):    # the sandbox runs one child at a time
+            self._finish(block=True)
+        else:
+            _LINGERING.append(self)
+            _reap(block=False)
 
     def _finish(self, block):
         """Join the child (killing it after a second's grace); True once it is gone."""
@@ -421,21 +453,37 @@ def _context():
     return multiprocessing.get_context("spawn")
 
 
-def start_server():
-    """Start the fork server now, if children will come from one (it imports NumPy while the
-    grader reads the files)."""
+def start_server(sandbox="auto"):
+    """Start what the children will be forked from, now: the sandbox (`sandbox.get_sandbox`)
+    or, without one, the fork server if children come from one (it imports NumPy while the
+    grader reads the files).
+
+    sandbox: "auto", "require" or "off". Returns, the first time "auto" finds that no sandbox
+    can be made, the one line that says so and what it leaves open (None otherwise); raises
+    SandboxUnavailable for "require" where no sandbox can be made.
+    """
+    known = unavailable_reason()
+    if get_sandbox(sandbox) is not None:
+        return None
     if _context().get_start_method() == "forkserver":
         from multiprocessing import forkserver
         forkserver.ensure_running()
+    why = unavailable_reason()
+    if sandbox == "auto" and why and why != known:
+        return (f"warning: grading without a sandbox ({why}): each file runs in a child "
+                "process with time and memory limits, but can read and write your files, use "
+                "the network and signal the grader")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
 # The child
 # --------------------------------------------------------------------------------------------------
-def child_main(conn, path, workdir, output, memory, skip):
-    """Run in the child: load the file, then call its functions on the cases the parent sends."""
+def child_main(conn, workdir, output, memory, processes=None):
+    """Run in the child: run the file's code cells the parent sends, then call its functions on
+    the cases the parent sends. output: a file name or descriptor; processes: RLIMIT_NPROC."""
     faulthandler.disable()               # a crash is reported by its signal, not a dump
-    _limit(memory)
+    _limit(memory, processes)
     _redirect(output)
     os.chdir(workdir)
     from .checker import run_student
@@ -444,7 +492,8 @@ def child_main(conn, path, workdir, output, memory, skip):
     def send(*msg):
         conn.send_bytes(pickle.dumps(_encode(msg), protocol=4))
 
-    namespace, errors, filenames = load_namespace(path, set(skip),
+    _, path, cells, skip = conn.recv()                   # ("load", ...) from the grader: trusted
+    namespace, errors, filenames = load_namespace(path, set(skip), cells=cells,
                                                   on_cell=lambda label: send("cell", label))
     found = defined_functions(namespace, filenames, EXERCISES)
     send("loaded", sorted(found), errors)
@@ -460,8 +509,10 @@ def child_main(conn, path, workdir, output, memory, skip):
     os._exit(0)                                          # skip the student's atexit handlers
 
 
-def _limit(memory):
-    """The address-space limit (Linux), and output files capped so a loop cannot fill the disk."""
+def _limit(memory, processes=None):
+    """The address-space limit (Linux), output files capped so a loop cannot fill the disk, and
+    (in the sandbox, where the count is the sandbox's own) the number of processes and threads.
+    The kernel does not count the processes of root: that limit holds for any other user."""
     try:
         import resource
     except ImportError:                                  # Windows: the timeout still holds
@@ -476,13 +527,16 @@ def _limit(memory):
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # a write past the cap fails instead
     resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT * 16, OUTPUT_LIMIT * 16))
+    if processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 
 def _redirect(output):
-    """stdin from /dev/null; stdout and stderr (Python's and the file descriptors) to `output`."""
+    """stdin from /dev/null; stdout and stderr (Python's and the file descriptors) to `output`,
+    a file name or an open descriptor."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    fd = os.open(output, os.O_WRONLY | os.O_APPEND)
+    fd = output if isinstance(output, int) else os.open(output, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 -- the child's stdin until it exits

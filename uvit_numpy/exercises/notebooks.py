@@ -234,20 +234,21 @@ def syntax_error_message(exc, label):
     return f"{label}{line}: {type(exc).__name__}: {exc.msg}{text}"
 
 
-def load_namespace(path, skip=(), on_cell=None):
+def load_namespace(path, skip=(), on_cell=None, cells=None):
     """Run the student's file at `path`; return (namespace, errors, filenames).
 
     `filenames` are the names the code was compiled under ("work.ipynb, code cell 3"), so
     callers can tell functions the file defines from functions it imports. `errors` lists the
     cells (or the file) that raised or did not compile. Cells whose labels are in `skip` are not
     run (the grader skips a cell that ended its process); `on_cell(label)`, if given, is called
-    before each cell runs.
+    before each cell runs. `cells`: the file's `student_code(path)`, when the caller has read it
+    (the grader's child, which cannot see the file).
     """
     path = Path(path)
     namespace = {"__name__": "__student__", "__file__": str(path)}
     errors, filenames = [], set()
     os.environ.setdefault("MPLBACKEND", "Agg")
-    for label, filename, code in student_code(path):
+    for label, filename, code in (student_code(path) if cells is None else cells):
         filenames.add(filename)
         if label in skip:
             continue
