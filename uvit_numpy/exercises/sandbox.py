@@ -5,7 +5,7 @@ How it is built. One `bwrap` process per grading run holds a small Python proces
 each file the grader hands the zygote two file descriptors (its end of a fresh pipe, and the file
 that catches the child's output); the zygote forks a child, which reads the file's code cells and
 then the case inputs from that pipe, exactly as a child of the unsandboxed grader does
-(`grading.child_main`). When the child exits, or the grader tells the zygote to kill it, the
+(`child.child_main`). When the child exits, or the grader tells the zygote to kill it, the
 zygote kills every process the child left behind, empties /tmp and reports the exit status.
 Forking from a warm zygote keeps a child's start in milliseconds; a fresh interpreter per file
 would cost most of a second each (the imports).
@@ -332,7 +332,7 @@ def zygote_main(control_fd):
     import numpy  # noqa: F401 -- the children start with these imported, as the grader's do
     import scipy.special  # noqa: F401
 
-    from .grading import child_main
+    from .child import child_main
 
     sys.path[:] = [p for p in sys.path if p]             # not the working directory
     signal.signal(signal.SIGINT, signal.SIG_DFL)         # as PID 1: no signal from inside

@@ -17,23 +17,13 @@ runs the very same cases.
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .case import Case  # noqa: F401 (the type of every case, re-exported)
 from .harness import TOLERANCE, compare, to_torch
-
-
-@dataclass
-class Case:
-    name: str
-    build: Callable          # (dtype, batch) -> (ours, theirs, inputs)
-    batches: tuple = (1, 3)
-    dtypes: tuple = ("float64", "float32")
-    slow: bool = False       # left out of the default report unless --all
-    grad_inputs: tuple = None  # --grads: the inputs that take a gradient (None: every float one)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from uvit_numpy import functional as NF
 from uvit_numpy.module import Module
 
 from .. import clip as T
-from . import Case
+from .case import Case
 from .harness import TORCH_DTYPE, make_pair, randomize_, to_torch
 
 # (name, config overrides, with projection) of the tiny model cases: quick_gelu with the explicit

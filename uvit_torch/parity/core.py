@@ -12,7 +12,7 @@ import uvit_numpy.layers as N
 
 from .. import functional as UF
 from .. import layers as T
-from . import Case
+from .case import Case
 from .harness import make_pair
 
 

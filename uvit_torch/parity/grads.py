@@ -20,7 +20,6 @@ are the forward report's module cases (`Case.grad_inputs` says which inputs take
 images, text and pooled features, never ids, labels, timesteps or micro-conditions).
 """
 
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +31,7 @@ import uvit_numpy.losses as NLoss
 from uvit_numpy.module import Module
 
 from .. import functional as UF
-from . import Case
+from .case import Case, Function, _rng, function_case  # noqa: F401 (re-exported)
 from .harness import to_numpy
 
 GRAD_TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
@@ -50,27 +49,6 @@ class GradRow:
     param_rel: float
     passed: bool
     detail: str = field(default="")
-
-
-class Function:
-    """A NumPy function with its backward, called like a module: `forward(*xs)` returns
-    `(out, cache)`, `backward(dy, cache)` the gradients of the inputs listed in `wrt`."""
-
-    def __init__(self, forward, backward):
-        self.forward_fn, self.backward_fn = forward, backward
-        self._cache = None
-
-    def __call__(self, *xs):
-        out, self._cache = self.forward_fn(*xs)
-        return out
-
-    def backward(self, dy):
-        grads = self.backward_fn(dy, self._cache)
-        return grads if isinstance(grads, tuple) else (grads,)
-
-
-def _rng(name, batch):
-    return np.random.default_rng(zlib.crc32(f"grads/{name}/{batch}".encode()))
 
 
 def _is_float(x):
@@ -161,19 +139,6 @@ def format_grad_table(rows):
 # --------------------------------------------------------------------------------------------------
 # Function cases: the functional forward/backward pairs against torch's functions
 # --------------------------------------------------------------------------------------------------
-def function_case(name, forward, backward, torch_fn, shapes, scale=1.0, wrt=None, extra=()):
-    """Random inputs of shapes (batch, *s) (a shape starting with None has no batch axis: a
-    weight), times `scale`; `extra` are fixed non-differentiable inputs appended after them."""
-    def build(dtype, batch):
-        rng = _rng(name, batch)
-        xs = []
-        for s in shapes:
-            full = tuple(s[1:]) if s and s[0] is None else (batch, *s)
-            xs.append((scale * rng.standard_normal(full)).astype(dtype))
-        return Function(forward, backward), torch_fn, (*xs, *extra)
-    return Case(name, build, grad_inputs=wrt)
-
-
 def _embedding_case():
     name = "embedding, repeated ids"
 

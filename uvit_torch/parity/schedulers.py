@@ -26,7 +26,7 @@ import torch
 from uvit_numpy import schedulers as NS
 
 from .. import schedulers as TS
-from . import Case
+from .case import Case
 
 MU, SIGMA = 0.3, 0.5
 

@@ -18,7 +18,7 @@ import torch
 from uvit_numpy import uvit as N
 
 from .. import uvit as T
-from . import Case
+from .case import Case
 from .harness import TORCH_DTYPE, numpy_state_dict
 
 SMALL = dict(img_size=8, patch_size=2, in_chans=3, embed_dim=32, depth=4, num_heads=4)

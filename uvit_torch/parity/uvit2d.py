@@ -27,7 +27,7 @@ import uvit_numpy.uvit2d as N
 
 from .. import layers as TL
 from .. import uvit2d as T
-from . import Case
+from .case import Case
 from .harness import TORCH_DTYPE, make_pair, randomize_, to_torch
 
 # aMUSEd-like micro-conditions: [width, height, crop x, crop y, aesthetic score]

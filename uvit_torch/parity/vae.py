@@ -33,7 +33,7 @@ from .. import autoencoder as TA
 from .. import layers as TL
 from .. import vae as TV
 from .. import vq_model as TQ
-from . import Case
+from .case import Case
 from .harness import TORCH_DTYPE, make_pair, numpy_state_dict, randomize_, to_torch
 from .uvit2d import Block, _torch_caller, diffusers_pair
 
@@ -439,7 +439,7 @@ STOP_GRADIENT = ("straight_through", "vq_loss legacy", "vq_loss legacy=False")
 
 
 def _vq_loss_case(legacy):
-    from .grads import Function
+    from .case import Function
     name = "vq_loss legacy" if legacy else "vq_loss legacy=False"
 
     def build(dtype, batch):
@@ -472,7 +472,7 @@ class _Scalar:
 def function_cases():
     """GroupNorm, padding, nearest and average pooling, the straight-through estimator and the
     quantiser's loss against torch (their central-difference checks are in the tests)."""
-    from .grads import function_case
+    from .case import function_case
     nograd = dict(return_cache=True)
     return [
         function_case("group_norm 3 groups", lambda x, w, b: NF.group_norm(x, 3, w, b, **nograd),
