@@ -1,4 +1,4 @@
-"""Execute the book's chapters in place and write their outputs: `python book/execute.py [CHAPTER ...]`.
+"""Execute the book's chapters in place, with their outputs: `python book/execute.py [CHAPTER ...]`.
 
 With no argument every chapter (`book/NN_*.ipynb`) is executed; a chapter may be named by its
 path, its file name or its number (`python book/execute.py 03 book/12_diffusion.ipynb`). The
@@ -13,7 +13,8 @@ away in the test:
 
 - one thread for BLAS, OpenMP and torch (floating-point sums can depend on the thread count);
 - `PYTHONHASHSEED=0` (the order of a printed set of strings);
-- `TQDM_DISABLE=1` (no progress bars: they print timings);
+- `TQDM_DISABLE=1` (no progress bars: they print timings), and no warning from `tqdm.auto` that
+  the notebook's progress bar widget (ipywidgets) is missing: it depends on what is installed;
 - the checkout's own packages first on `PYTHONPATH` (the shown code is this repository's);
 - a fresh IPython directory and a matplotlib rc file of our own (no personal settings), inline
   figures as PNG at 100 dpi, cropped to their content;
@@ -63,19 +64,18 @@ def chapters():
 
 
 def find_chapter(name):
-    """A chapter named by its path, its file name or its number ("3", "03")."""
+    """A chapter named by its path, its file name or its number ("3", "03"); SystemExit for
+    anything else (an exercise notebook is not a chapter: it is committed without outputs)."""
+    known = chapters()
     path = Path(name)
-    if path.suffix == ".ipynb" and path.exists():
-        return path.resolve()
-    if (BOOK / path.name).exists() and path.suffix == ".ipynb":
-        return BOOK / path.name
+    hits = [p for p in known if path.suffix == ".ipynb" and
+            (p.name == name or (path.exists() and p.samefile(path)))]
     if name.isdigit():
-        hits = list(BOOK.glob(f"{int(name):02d}_*.ipynb"))
-        if hits:
-            return hits[0]
-    known = ", ".join(p.name for p in chapters())
+        hits = [p for p in known if p.name.startswith(f"{int(name):02d}_")]
+    if len(hits) == 1:
+        return hits[0]
     raise SystemExit(f"no chapter {name!r}: expected a path, a file name or a number of one of "
-                     f"{known}")
+                     f"{', '.join(p.name for p in known)}")
 
 
 def kernel_environment(scratch):
@@ -90,11 +90,13 @@ def kernel_environment(scratch):
     (scratch / "matplotlibrc").write_text(MATPLOTLIBRC)
     env = dict(os.environ)
     path = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    warnings = [w for w in env.get("PYTHONWARNINGS", "").split(",") if w]
     env.update(
         PYTHONPATH=os.pathsep.join(path),
         OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
         PYTHONHASHSEED="0",
         TQDM_DISABLE="1",
+        PYTHONWARNINGS=",".join(warnings + ["ignore:IProgress not found"]),
         MPLBACKEND="module://matplotlib_inline.backend_inline",
         MATPLOTLIBRC=str(scratch / "matplotlibrc"),
         IPYTHONDIR=str(scratch / "ipython"),
