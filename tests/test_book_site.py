@@ -39,6 +39,11 @@ import pytest
 
 from tests.notebook_runner import ROOT
 
+try:
+    from playwright.sync_api import Error as PlaywrightError
+except ImportError:                     # the browser test skips (or fails under CI) below
+    PlaywrightError = Exception
+
 BOOK = ROOT / "book"
 SITE = BOOK / "_build" / "html"
 SHOTS = BOOK / "_build" / "screenshots"
@@ -195,11 +200,6 @@ def notebook_counts(path):
                   for c in code for o in c.outputs)
     return len(code), sum(bool(c.outputs) for c in code), figures
 
-
-try:
-    from playwright.sync_api import Error as PlaywrightError
-except ImportError:                     # the browser test skips (or fails under CI) below
-    PlaywrightError = Exception
 
 TABS = 2       # pages loading at once: Chromium renders each in its own process, one per core
 
