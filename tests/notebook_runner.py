@@ -1,11 +1,14 @@
-"""Execute a notebook top to bottom with nbclient, in its own folder, and time it.
+"""Execute a notebook top to bottom with nbclient, in its own folder, and time it; and load the
+book's own execution command (book/execute.py), which the book's tests use.
 
 Shared by the tests of the book and of the exercise notebooks. A cell that raises fails the test
 with nbclient's report of the cell and the traceback.
 """
 
+import importlib.util
 import os
 import time
+from functools import cache
 from pathlib import Path
 
 import nbformat
@@ -32,3 +35,12 @@ def execute_notebook(path, timeout=120):
 def notebooks_under(folder):
     """The .ipynb files directly in `folder` (relative to the repository root), sorted."""
     return sorted((ROOT / folder).glob("*.ipynb"))
+
+
+@cache
+def book_module(name):
+    """book/<name>.py loaded as a module (book/ is a folder of commands, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"book_{name}", ROOT / "book" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -88,21 +88,23 @@ def all_cases(against_diffusers=False, config=None):
 PARITY_MODULES = ["uvit", "uvit2d", "schedulers", "clip", "vae"]
 
 
-def format_table(rows, labels=("numpy ms", "torch ms")):
+def format_table(rows, labels=("numpy ms", "torch ms"), timings=True):
     """The forward report, within 100 columns: case, dtype, batch, output shape, errors, verdict,
-    time on each side in milliseconds (the inputs' shapes are in each case's failure detail)."""
+    time on each side in milliseconds (the inputs' shapes are in each case's failure detail).
+    `timings=False` leaves the two time columns out: a printout that is the same on every run (the
+    book's chapters are committed with their outputs)."""
     names = [r.name.removesuffix(" vs diffusers").removesuffix(" vs transformers")
              for r in rows]                                # the labels say who is who
     w = min(42, max([20] + [len(n) for n in names]))
     head = (f"{'case':<{w}} {'dt':<3} {'B':>1} {'output':<11} {'max abs':>8} {'max rel':>8} "
-            f"{'ok':<4} {labels[0]:>8} {labels[1]:>8}")
+            f"{'ok':<4}" + (f" {labels[0]:>8} {labels[1]:>8}" if timings else "")).rstrip()
     lines = [head, "-" * len(head)]
     for name, r in zip(names, rows):
         out = "x".join(map(str, r.out_shape))
         lines.append(
             f"{name[:w]:<{w}} {_short(r.dtype):<3} {r.batch:>1} {out[:11]:<11} {r.max_abs:>8.1e} "
-            f"{r.max_rel:>8.1e} {'PASS' if r.passed else 'FAIL':<4} {1e3 * r.t_ours:>8.2f} "
-            f"{1e3 * r.t_theirs:>8.2f}")
+            f"{r.max_rel:>8.1e} {'PASS' if r.passed else 'FAIL':<4}"
+            + (f" {1e3 * r.t_ours:>8.2f} {1e3 * r.t_theirs:>8.2f}" if timings else ""))
     return "\n".join(lines)
 
 
