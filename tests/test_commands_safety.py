@@ -352,8 +352,9 @@ def _env():
 # --------------------------------------------------------------------------------------------------
 def test_argument_types(workdir):
     assert cli.positive_int("3") == 3 and cli.non_negative_int("0") == 0
-    assert cli.non_negative_float("0") == 0.0
+    assert cli.non_negative_float("0") == 0.0 and cli.positive_float("1e-4") == 1e-4
     for check, text in ((cli.positive_int, "0"), (cli.positive_int, "1.5"),
+                        (cli.positive_float, "0"), (cli.positive_float, "nan"),
                         (cli.non_negative_int, "-1"), (cli.non_negative_float, "-0.1"),
                         (cli.non_negative_float, "inf"), (cli.output_file, ""),
                         (cli.output_folder, "SOMEFILE"), (cli.output_folder, "SOMEFILE/run")):

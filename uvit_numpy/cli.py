@@ -16,6 +16,7 @@ not the usage block and then the error; exit status 2 as ever.
 
     positive_int         1, 2, ... (counts: steps, repeats, batch sizes, threads)
     non_negative_int     0, 1, ... (seeds)
+    positive_float       more than 0 (learning rates)
     non_negative_float   0.0 or more (guidance scales, temperatures, pauses)
     output_file          a file the command will write: not a folder, no parent is a file, and its
                          folder (or the nearest one that exists) can be written into
@@ -87,6 +88,14 @@ def non_negative_int(text):
     value = _number(text, int, "an integer >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (a learning rate)."""
+    value = _number(text, float, "a number > 0")
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
 
 
