@@ -117,13 +117,14 @@ def test_a_resume_with_another_thread_count_says_it_is_not_bitwise(finished_run,
 
 
 BAD_ARGUMENTS = [
-    (["--steps", "-1"], "expected a positive integer, got -1"),
-    (["--steps", "0"], "expected a positive integer, got 0"),
-    (["--batch-size", "0"], "expected a positive integer, got 0"),
-    (["--threads", "0"], "expected a positive integer, got 0"),
-    (["--lr", "0"], "expected a positive number, got 0"),
-    (["--lr", "nan"], "expected a positive number, got nan"),
-    (["--checkpoint-every", "-5"], "expected a positive integer, got -5"),
+    (["--steps", "-1"], "expected a positive integer (1 or more), got -1"),
+    (["--steps", "0"], "expected a positive integer (1 or more), got 0"),
+    (["--batch-size", "0"], "expected a positive integer (1 or more), got 0"),
+    (["--threads", "0"], "expected a positive integer (1 or more), got 0"),
+    (["--lr", "0"], "expected a finite number > 0, got '0'"),
+    (["--lr", "nan"], "expected a finite number > 0, got 'nan'"),
+    (["--seed", "-2"], "expected an integer >= 0, got -2"),
+    (["--checkpoint-every", "-5"], "expected a positive integer (1 or more), got -5"),
     (["--resume", "--overwrite"], "pass one"),
     (["--data", "x.npz"], "trains on the digits"),
 ]
@@ -145,7 +146,7 @@ def test_an_output_under_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit) as exit_:
         np_train.main(["uvit-tiny", "--out", str(tmp_path / "file" / "run")])
-    assert exit_.value.code == 2 and "is a file" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_the_command_refuses_in_seconds_without_a_traceback(tmp_path):
@@ -155,7 +156,8 @@ def test_the_command_refuses_in_seconds_without_a_traceback(tmp_path):
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "expected a positive integer, got -1" in proc.stderr and not out.exists()
+    assert "expected a positive integer (1 or more), got -1" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not out.exists()
 
 
 def test_the_run_function_also_refuses_a_run_folder(finished_run):

@@ -4,6 +4,8 @@ Every public forward pass checks its inputs *before* any arithmetic and raises a
 shape, rank or range) or a `TypeError` (wrong dtype) whose message names what was expected and what
 arrived. The helpers below work on NumPy arrays and on torch tensors alike (they only read `.shape`
 and `.dtype`), so that `uvit_torch` can share them without `uvit_numpy` ever importing torch.
+`check_numpy` is the NumPy models' own: it names a torch tensor given to them (told by its type's
+module, again without importing torch), as `uvit_torch.functional.check_tensor` names an array.
 """
 
 import numpy as np
@@ -26,6 +28,32 @@ def is_integer(x):
     """True for an integer (not bool) array or tensor."""
     name = dtype_name(x)
     return name.startswith(("int", "uint"))
+
+
+def is_torch(x):
+    """True for a torch tensor (or any object of torch's), told by its type's module, so that
+    `uvit_numpy` can recognise one without importing torch."""
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def check_numpy(name, x, optional=False):
+    """TypeError if `x` is a torch tensor: the NumPy models compute on NumPy arrays (the twin of
+    `uvit_torch.functional.check_tensor`). Anything else is left to the checks that follow."""
+    if x is None and optional:
+        return
+    if is_torch(x):
+        kind = type(x).__name__
+        kind = "torch.Tensor" if kind == "Tensor" else f"{type(x).__module__}.{kind}"
+        raise TypeError(f"{name}: expected a NumPy array, got a {kind} (convert it with "
+                        f".numpy(), or use uvit_torch's model for tensors)")
+
+
+def check_numpy_model(name, model):
+    """TypeError if `model` is a torch module: NumPy's sampling loops run NumPy models."""
+    if is_torch(model) or type(model).__module__.startswith("uvit_torch"):
+        raise TypeError(f"{name}: model: expected a uvit_numpy model, got a torch module "
+                        f"{type(model).__module__}.{type(model).__name__} (use uvit_torch's "
+                        f"{name} for torch models)")
 
 
 def check_floating(name, x):

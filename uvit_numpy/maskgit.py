@@ -20,7 +20,8 @@ import math
 import numpy as np
 
 from . import functional as F
-from .checks import check_floating, check_integer, check_rank
+from .checks import (check_floating, check_integer, check_numpy, check_numpy_model,
+                     check_rank)
 from .module import as_rng
 
 __all__ = ["mask_schedule", "masked_count", "decoding_temperatures", "gumbel_noise",
@@ -136,7 +137,7 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
 def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height, width,
              num_steps=12, temperature=(2.0, 0.0), mask_token_id=None, guidance_scale=0.0,
              negative_encoder_hidden_states=None, negative_pooled_text_emb=None, rng=None,
-             schedule="cosine", noise=None, return_history=False):
+             schedule="cosine", noise=None, return_history=False, callback=None):
     """Decode a grid of token ids from nothing but masks, as aMUSEd's pipeline does.
 
     Starts from a (B, height, width) grid of `mask_token_id` (default vocab_size - 1, aMUSEd's
@@ -146,8 +147,16 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
     logits become uncond + guidance_scale * (cond - uncond).
     noise: optional list of per-step (u_sample, u_gumbel) pairs, for exact reproducibility across
     implementations. Returns the final tokens (B, height, width), and the list of the token grids
-    after every step if `return_history`.
+    after every step if `return_history`. callback: called as `callback(step, tokens)` after every
+    step (a progress bar's update, a preview).
     """
+    check_numpy_model("generate", model)
+    for name, value in (("encoder_hidden_states", encoder_hidden_states),
+                        ("pooled_text_emb", pooled_text_emb), ("micro_conds", micro_conds)):
+        check_numpy(f"generate: {name}", value)
+    check_numpy("generate: negative_encoder_hidden_states", negative_encoder_hidden_states,
+                optional=True)
+    check_numpy("generate: negative_pooled_text_emb", negative_pooled_text_emb, optional=True)
     B = encoder_hidden_states.shape[0]
     if mask_token_id is None:
         mask_token_id = model.config["vocab_size"] - 1
@@ -175,4 +184,6 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
             logits, tokens, step, num_steps, mask_token_id, temperature=float(temps[step]),
             rng=rng, schedule=schedule, noise=None if noise is None else noise[step])
         history.append(tokens)
+        if callback is not None:
+            callback(step, tokens)
     return (tokens, history) if return_history else tokens

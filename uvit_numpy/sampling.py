@@ -17,7 +17,7 @@ with the same seed replays exactly the run of this one.
 
 import numpy as np
 
-from .checks import check_integer, check_range, check_rank
+from .checks import check_integer, check_numpy, check_numpy_model, check_range, check_rank
 
 
 def guided_epsilon(eps_cond, eps_uncond, guidance_scale):
@@ -48,7 +48,7 @@ def needs_noise(scheduler, t, eta):
 
 
 def sample(model, labels, scheduler, num_inference_steps=20, guidance_scale=2.0, seed=0, eta=0.0,
-           return_trajectory=False):
+           return_trajectory=False, callback=None):
     """Generate one image per label with a class-conditional `UViT` and a scheduler.
 
     labels: (N,) ints in [0, num_classes - 1) (the null class is added for guidance).
@@ -57,7 +57,11 @@ def sample(model, labels, scheduler, num_inference_steps=20, guidance_scale=2.0,
     Returns x0 (N, C, H, W) in the model's dtype (roughly [-1, 1] for data trained there), and with
     `return_trajectory` also the list of the samples after each step. The model runs in eval mode
     (nothing is recorded for a backward pass) and is put back into its previous mode.
+    callback: called as `callback(i, x)` after step i (0-based) with the sample so far (a progress
+    bar's update, a preview).
     """
+    check_numpy_model("sample", model)
+    check_numpy("sample: labels", labels)
     labels = np.asarray(labels)
     check_sampling_labels("sample", labels, model.num_classes)
     rng = np.random.default_rng(seed)
@@ -71,7 +75,7 @@ def sample(model, labels, scheduler, num_inference_steps=20, guidance_scale=2.0,
     scheduler.set_timesteps(num_inference_steps)
     trajectory = []
     try:
-        for t in scheduler.timesteps:
+        for i, t in enumerate(scheduler.timesteps):
             x_in = np.concatenate([x, x]) if guided else x           # (2N, C, H, W) or (N, ...)
             eps = model(x_in, np.full(len(x_in), int(t), dtype=np.int64), y)
             if guided:
@@ -82,6 +86,8 @@ def sample(model, labels, scheduler, num_inference_steps=20, guidance_scale=2.0,
                                **step_kwargs(scheduler, eta)).prev_sample
             if return_trajectory:
                 trajectory.append(x)
+            if callback is not None:
+                callback(i, x)
     finally:
         model.train(was_training)
     return (x, trajectory) if return_trajectory else x

@@ -16,18 +16,12 @@ import numpy as np
 
 from . import losses, schedulers
 from . import training as T
+from .cli import blas_threads, set_threads
 from .optim import EMA, AdamW, clip_grad_norm
 
 # The task's loss by name: (forward with return_cache, backward(1.0, cache)).
 LOSSES = {"mse": (losses.mse_loss, losses.mse_loss_backward),
           "cross_entropy": (losses.cross_entropy, losses.cross_entropy_backward)}
-
-
-def blas_threads():
-    """The number of threads NumPy's BLAS runs with now (threadpoolctl's view)."""
-    from threadpoolctl import threadpool_info
-    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
-    return max(counts) if counts else 1
 
 
 class NumpyBackend(T.Backend):
@@ -42,8 +36,7 @@ class NumpyBackend(T.Backend):
 
     def setup(self, task, seed):
         if self.threads is not None:
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(self.threads, user_api="blas")
+            set_threads(self.threads)
         self.task, self.cfg = task, task.cfg
         self.model = task.build(seed).train()
         self.ema = EMA(self.model)

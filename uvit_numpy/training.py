@@ -28,7 +28,6 @@ leaves a whole checkpoint; a damaged latest one is named and `--resume` continue
 previous. A new run never replaces a folder that holds a run unless told to (`overwrite`).
 """
 
-import argparse
 import csv
 import json
 import math
@@ -40,6 +39,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .cli import (ArgumentParser, check_output_folder, non_negative_int, output_folder,
+                  positive_float, positive_int)
 from .optim import linear_warmup
 
 # --------------------------------------------------------------------------------------------------
@@ -759,34 +760,12 @@ def _progress_bar(cfg, start, enabled):
 # --------------------------------------------------------------------------------------------------
 # The command line both trainers share
 # --------------------------------------------------------------------------------------------------
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
 def build_parser(prog, description):
     """The command line both trainers share."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", choices=sorted(TRAIN_CONFIGS),
                         help="named training config (uvit_numpy.training.TRAIN_CONFIGS)")
-    parser.add_argument("--out", help="run folder (default runs/CONFIG)")
+    parser.add_argument("--out", type=output_folder, help="run folder (default runs/CONFIG)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the run folder's checkpoint (the previous one if the "
                              "latest is damaged)")
@@ -794,7 +773,7 @@ def build_parser(prog, description):
                         help="start over in a folder that holds a run (deletes its checkpoints, "
                              "log and model/)")
     parser.add_argument("--steps", type=positive_int, help="total steps (to extend a finished run)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--lr", type=positive_float, help="peak learning rate (default: the "
                                                           "config's)")
@@ -822,15 +801,10 @@ def check_args(parser, args):
     if args.export and args.overwrite:
         parser.error("--export writes model/ from the run's checkpoint; --overwrite deletes it")
     out = args.out or os.path.join("runs", args.config)
-    if os.path.exists(out) and not os.path.isdir(out):
-        parser.error(f"--out {out!r} is a file, not a run folder")
-    parent = os.path.dirname(os.path.abspath(out))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        parser.error(f"--out {out!r}: {parent!r} is a file, so no folder can be made under it")
-    if not os.access(parent, os.W_OK):
-        parser.error(f"--out {out!r}: {parent!r} is not writable")
+    try:
+        check_output_folder(out)                         # the default runs/CONFIG too
+    except ValueError as err:
+        parser.error(f"--out: {err}")
     if args.data is not None and TRAIN_CONFIGS[args.config].get("data") is None:
         parser.error(f"--data is read only by configs that train on a data set from a file "
                      f"(cifar10_uvit_small); {args.config} trains on the digits")

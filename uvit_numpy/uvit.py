@@ -36,8 +36,8 @@ L = (H/P)(W/P) patch tokens, S text tokens (`num_clip_token`), nh heads, hd = D 
 import numpy as np
 
 from . import functional as F
-from .checks import (check_batch, check_dim, check_floating, check_integer, check_range,
-                     check_rank, dtype_name, is_floating, is_integer)
+from .checks import (check_batch, check_dim, check_floating, check_integer, check_numpy,
+                     check_range, check_rank, dtype_name, is_floating, is_integer)
 from .configs import UVIT_CONFIGS as CONFIGS
 from .configs import UVIT_DESCRIPTIONS as DESCRIPTIONS
 from .configs import uvit_config
@@ -676,6 +676,9 @@ class UViT(Module):
     def check_inputs(self, x, timesteps, y=None):
         """Raise a clear ValueError/TypeError for bad input, before any arithmetic."""
         name = type(self).__name__
+        check_numpy(f"{name}: x", x)                       # a torch tensor: said by name
+        check_numpy(f"{name}: timesteps", timesteps)
+        check_numpy(f"{name}: y", y, optional=True)
         check_image(f"{name}: x", x, self.in_chans, self.img_size, self.patch_size)
         check_timesteps(f"{name}: timesteps", timesteps, x.shape[0])
         check_labels(f"{name}: y", y, self.num_classes, x.shape[0])
@@ -883,6 +886,9 @@ class UViTText(UViT):
 
     def check_inputs(self, x, timesteps, context=None):
         name = type(self).__name__
+        check_numpy(f"{name}: x", x)                       # a torch tensor: said by name
+        check_numpy(f"{name}: timesteps", timesteps)
+        check_numpy(f"{name}: context", context, optional=True)
         check_image(f"{name}: x", x, self.in_chans, self.img_size, self.patch_size)
         check_timesteps(f"{name}: timesteps", timesteps, x.shape[0])
         check_context(f"{name}: context", context, x.shape[0], self.num_clip_token,

@@ -38,8 +38,8 @@ import math
 import numpy as np
 
 from . import functional as F
-from .checks import (check_batch, check_dim, check_floating, check_integer, check_range,
-                     check_rank, dtype_name, is_floating, is_integer)
+from .checks import (check_batch, check_dim, check_floating, check_integer, check_numpy,
+                     check_range, check_rank, dtype_name, is_floating, is_integer)
 from .configs import CONFIG_DEFAULTS, CONFIGS, resolve_config
 from .layers import (GEGLU, GELU, Attention, ChannelsLastConv2d, ChannelsLastConvTranspose2d,
                      Dropout, Embedding, GlobalResponseNorm, LayerNorm, Linear, RMSNorm, SiLU,
@@ -774,6 +774,10 @@ class UVit2DModel(Module):
         `cross_attention_kwargs` is accepted for drop-in use and ignored (it has no numerical effect
         in diffusers either). H' = H unless exactly one of downsample / upsample is on.
         """
+        for name, value in (("input_ids", input_ids),
+                            ("encoder_hidden_states", encoder_hidden_states),
+                            ("pooled_text_emb", pooled_text_emb), ("micro_conds", micro_conds)):
+            check_numpy(f"UVit2DModel: {name}", value)   # a torch tensor: said by name
         B, _, _ = check_model_inputs(self._config, input_ids, encoder_hidden_states,
                                      pooled_text_emb, micro_conds)
         cfg, dt = self._config, self.dtype

@@ -43,9 +43,19 @@ def folder_config(config, extra):
 
 
 def read_config(folder):
-    """The config.json of a model folder, as a dict (diffusers' private `_` keys included)."""
-    with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as f:
-        config = json.load(f)
+    """The config.json of a model folder, as a dict (diffusers' private `_` keys included).
+    A file that is not a JSON object is a ValueError naming the file and where it breaks."""
+    path = os.path.join(folder, CONFIG_NAME)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path!r} is not a text file ({err.reason} at byte {err.start})") \
+            from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path!r} is not valid JSON: {err.msg} at line {err.lineno}, column "
+                         f"{err.colno}") from None
     if not isinstance(config, dict):
         raise TypeError(f"from_pretrained: {CONFIG_NAME} in {folder!r} is not a JSON object")
     return config
@@ -74,6 +84,7 @@ def weight_files(folder, variant=None):
 
 def read_safetensors(files):
     """`{key: np.ndarray}` from one or more safetensors files, read without torch."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
     state_dict = {}
     for file in files:
@@ -81,6 +92,9 @@ def read_safetensors(files):
             state_dict.update(load_file(file))
         except (TypeError, ValueError) as err:  # e.g. bfloat16, which NumPy has no dtype for
             raise ValueError(f"from_pretrained: cannot read {file!r} with NumPy: {err}") from err
+        except SafetensorError as err:          # a truncated or damaged file
+            raise ValueError(f"from_pretrained: {file!r} is damaged or not a safetensors file "
+                             f"({err})") from None
     return state_dict
 
 

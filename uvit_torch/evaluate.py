@@ -5,6 +5,10 @@
     python -m uvit_torch.evaluate runs/uvit-digits/model --backend numpy
     python -m uvit_torch.evaluate --train-classifier uvit_numpy/pretrained/digit-classifier
 
+Every argument is checked before any sampling, as `python -m uvit_numpy.sample` checks its own
+(the same sampling options and rules). `--threads` (default 1, see `uvit_numpy.cli`) sets
+torch's threads and NumPy's BLAS's; a progress bar of the sampling goes to standard error.
+
 Three measurements, on `--per-class` samples of every class, none of which needs Inception
 weights or the internet (the spec's offline protocol):
 
@@ -30,7 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from uvit_numpy.cli import (ArgumentParser, CommandError, add_threads_argument,
+                            non_negative_float, non_negative_int, output_file_with,
+                            output_folder, positive_int, run_main, set_threads)
 from uvit_numpy.data import load_digits, to_unit
+from uvit_numpy.sample import SCHEDULER_NAMES
 from uvit_numpy.weights import read_config
 
 FEATURES = 64
@@ -205,66 +213,90 @@ def format_report(r, title):
     ])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m uvit_torch.evaluate",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = ArgumentParser(prog="python -m uvit_torch.evaluate",
+                            description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", help="uvit-digits, amused-digits or a model folder")
-    parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1234, help="sampling seed (default 1234, "
-                        "not the grids' 0)")
+    parser.add_argument("--per-class", type=positive_int, default=100)
+    parser.add_argument("--seed", type=non_negative_int, default=1234,
+                        help="sampling seed (default 1234, not the grids' 0)")
     parser.add_argument("--backend", choices=["torch", "numpy"], default="torch")
-    parser.add_argument("--scheduler", choices=["ddpm", "ddim", "dpmsolver++"])
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--guidance", type=float)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--eta", type=float)
+    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES)
+    parser.add_argument("--steps", type=positive_int)
+    parser.add_argument("--guidance", type=non_negative_float)
+    parser.add_argument("--temperature", type=non_negative_float)
+    parser.add_argument("--eta", type=non_negative_float)
     parser.add_argument("--classifier", help="a classifier folder (default: the shipped one)")
-    parser.add_argument("--json", help="also write the report to this JSON file")
-    parser.add_argument("--train-classifier", metavar="FOLDER",
+    parser.add_argument("--json", type=output_file_with(".json"),
+                        help="also write the report to this JSON file")
+    parser.add_argument("--train-classifier", metavar="FOLDER", type=output_folder,
                         help="train the digit classifier (seed 0) into FOLDER instead")
-    args = parser.parse_args(argv)
-    if args.train_classifier:
-        model, acc = train_classifier()
-        save_classifier(model, args.train_classifier, {
-            "command": "python -m uvit_torch.evaluate --train-classifier FOLDER", "seed": 0,
-            "epochs": 10, "held_out_accuracy": acc, "framework": f"torch {torch.__version__}"})
-        print(f"classifier written to {args.train_classifier}: held-out accuracy {acc:.3f}")
-        return 0
-    if not args.model:
-        parser.error("expected a model (uvit-digits, amused-digits or a folder), or "
-                     "--train-classifier FOLDER")
+    add_threads_argument(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_train_classifier(folder):
+    model, acc = train_classifier()
+    save_classifier(model, folder, {
+        "command": "python -m uvit_torch.evaluate --train-classifier FOLDER", "seed": 0,
+        "epochs": 10, "held_out_accuracy": acc, "framework": f"torch {torch.__version__}"})
+    print(f"classifier written to {folder}: held-out accuracy {acc:.3f}")
+    return 0
+
+
+def run_evaluation(parser, args):
+    from uvit_numpy.sample import check_command, load_or_fail
+    labels = np.repeat(np.arange(10), args.per_class)
+    probe, s = check_command(parser, args, labels)
+    if args.classifier is not None and not os.path.isdir(args.classifier):
+        parser.error(f"--classifier: {args.classifier!r} is not a folder (expected one written "
+                     f"by --train-classifier; leave it out for the shipped classifier)")
     if args.backend == "numpy":
         from uvit_numpy.sample import load_digit_model, sample_digits
     else:
         from .sample import load_digit_model, sample_digits
+    digit_model = load_or_fail(load_digit_model, probe.folder)
     try:
-        digit_model = load_digit_model(args.model)
         classifier = load_classifier(args.classifier)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    labels = np.repeat(np.arange(10), args.per_class)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise CommandError(f"cannot load the classifier: {err}") from None
     tic = time.perf_counter()
     images = sample_digits(digit_model, labels, args.seed, args.scheduler, args.steps,
-                           args.guidance, args.temperature, args.eta)
+                           args.guidance, args.temperature, args.eta,
+                           progress=not args.no_progress)
     seconds = time.perf_counter() - tic
     report = evaluate_images(images, labels, classifier)
     report["sampling_seconds"] = seconds
     report["seconds_per_100"] = 100 * seconds / len(labels)
     report["backend"] = args.backend
     report["threads"] = torch.get_num_threads()
-    from uvit_numpy.sample import settings
-    report["settings"] = settings(digit_model, args.scheduler, args.steps, args.guidance,
-                                  args.temperature, args.eta)
+    report["settings"] = s
     report["model"] = args.model
     report["seed"] = args.seed
     print(format_report(report, f"{args.model}: {len(labels)} samples in {seconds:.0f} s "
                                 f"({args.backend}), {report['settings']}"))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=2)
+        except OSError as err:
+            raise CommandError(f"cannot write {args.json!r}: {err.strerror or err}") from None
     return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.train_classifier and not args.model:
+        parser.error("expected a model (uvit-digits, amused-digits or a folder), or "
+                     "--train-classifier FOLDER")
+    with set_threads(args.threads, torch=True):
+        if args.train_classifier:
+            return run_main(run_train_classifier, args.train_classifier)
+        return run_main(run_evaluation, parser, args)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
 def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height, width,
              num_steps=12, temperature=(2.0, 0.0), mask_token_id=None, guidance_scale=0.0,
              negative_encoder_hidden_states=None, negative_pooled_text_emb=None, generator=None,
-             schedule="cosine", noise=None, return_history=False):
-    """MaskGIT decoding from an all-mask grid (see `uvit_numpy.maskgit.generate`)."""
+             schedule="cosine", noise=None, return_history=False, callback=None):
+    """MaskGIT decoding from an all-mask grid (see `uvit_numpy.maskgit.generate`); callback is
+    called as `callback(step, tokens)` after every step."""
     for name, value in (("encoder_hidden_states", encoder_hidden_states),
                         ("pooled_text_emb", pooled_text_emb), ("micro_conds", micro_conds)):
         UF.check_tensor(f"generate: {name}", value)
@@ -103,4 +104,6 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
             logits, tokens, step, num_steps, mask_token_id, temperature=float(temps[step]),
             generator=generator, schedule=schedule, noise=None if noise is None else noise[step])
         history.append(tokens)
+        if callback is not None:
+            callback(step, tokens)
     return (tokens, history) if return_history else tokens

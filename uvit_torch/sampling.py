@@ -15,9 +15,10 @@ from uvit_numpy.sampling import (check_sampling_labels, guided_epsilon,  # noqa:
 
 @torch.no_grad()
 def sample(model, labels, scheduler, num_inference_steps=20, guidance_scale=2.0, seed=0, eta=0.0,
-           return_trajectory=False):
+           return_trajectory=False, callback=None):
     """Generate one image per label; see `uvit_numpy.sampling.sample`. labels: (N,) int tensor or
-    array. Returns x0 (N, C, H, W) on the model's device and dtype (and the trajectory)."""
+    array. Returns x0 (N, C, H, W) on the model's device and dtype (and the trajectory).
+    callback: called as `callback(i, x)` after step i."""
     labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor)
                              else labels)
     check_sampling_labels("sample", labels, model.num_classes)
@@ -39,7 +40,7 @@ def sample(model, labels, scheduler, num_inference_steps=20, guidance_scale=2.0,
     scheduler.set_timesteps(num_inference_steps)
     trajectory = []
     try:
-        for t in scheduler.timesteps:
+        for i, t in enumerate(scheduler.timesteps):
             x_in = torch.cat([x, x]) if guided else x
             eps = model(x_in, torch.full((len(x_in),), int(t), dtype=torch.int64, device=dev), y)
             if guided:
@@ -50,6 +51,8 @@ def sample(model, labels, scheduler, num_inference_steps=20, guidance_scale=2.0,
                                **step_kwargs(scheduler, eta)).prev_sample
             if return_trajectory:
                 trajectory.append(x)
+            if callback is not None:
+                callback(i, x)
     finally:
         model.train(was_training)
     return (x, trajectory) if return_trajectory else x

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 import uvit_numpy as N
 from uvit_numpy import training as T
+from uvit_numpy.cli import positive_int, set_threads
 
 from . import distributed, schedulers
 from .losses import cross_entropy, mse_loss
@@ -195,7 +196,7 @@ class TorchBackend(T.Backend):
                              f"model; got --dtype {task.dtype.name}")
         distributed.check_split(cfg["batch_size"], self.world, self.grad_accum)
         if self.threads is not None:
-            torch.set_num_threads(self.threads)
+            set_threads(self.threads, torch=True)
         self.task, self.cfg = task, cfg
         reference = task.build(seed)                    # the NumPy model: the run's start
         model = TWINS[type(reference)](**reference.config, dtype=TORCH_DTYPE[task.dtype])
@@ -331,7 +332,7 @@ def build_parser():
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each U-ViT block's activations in the backward pass "
                              "(the paper's use_checkpoint): less memory for a second forward pass")
-    parser.add_argument("--grad-accum", type=T.positive_int, default=1,
+    parser.add_argument("--grad-accum", type=positive_int, default=1,
                         help="micro-batches per process and step (the batch size stays the "
                              "global batch; it must divide by processes x micro-batches)")
     return parser

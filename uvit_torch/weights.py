@@ -10,13 +10,23 @@ from uvit_numpy.weights import (CONFIG_NAME, WEIGHTS_NAME, find_model_folder, re
 
 def load_pretrained(path, variant=None, subfolder="transformer"):
     """(config dict, state dict of torch tensors) from a diffusers model or pipeline folder."""
-    from safetensors.torch import load_file
     folder = find_model_folder(path, subfolder)
     config = read_config(folder)
     state_dict = {}
     for file in weight_files(folder, variant):
-        state_dict.update(load_file(file))
+        state_dict.update(read_safetensors(file))
     return config, state_dict
+
+
+def read_safetensors(file):
+    """`{key: torch.Tensor}` from one safetensors file; a damaged one is a ValueError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(file)
+    except SafetensorError as err:
+        raise ValueError(f"from_pretrained: {file!r} is damaged or not a safetensors file "
+                         f"({err})") from None
 
 
 def save_pretrained(path, config, state_dict, class_name="UVit2DModel"):
@@ -32,12 +42,10 @@ def save_pretrained(path, config, state_dict, class_name="UVit2DModel"):
 def load_transformers_pretrained(path, variant=None, subfolder="text_encoder"):
     """(config dict, state dict of torch tensors) from a transformers model folder
     (config.json + model.safetensors), or a pipeline folder's `subfolder`."""
-    from safetensors.torch import load_file
-
     from uvit_numpy.weights import transformers_weight_files
     folder = find_model_folder(path, subfolder)
     config = read_config(folder)
     state_dict = {}
     for file in transformers_weight_files(folder, variant):
-        state_dict.update(load_file(file))
+        state_dict.update(read_safetensors(file))
     return config, state_dict

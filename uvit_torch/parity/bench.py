@@ -19,8 +19,11 @@ A pause (`--pause`, 0.25 s) separates consecutive forwards: OpenBLAS's and OpenM
 busy-wait for a while after their last job, and without the pause one library's spinning threads
 would be charged to whichever model runs next.
 
-Threads: `--threads N` sets both torch's intra-op threads and OpenBLAS's (NumPy's BLAS, through
-its `set_num_threads` entry point); the default leaves both at their defaults (all cores).
+Threads: `--threads N` sets both torch's intra-op threads and NumPy's BLAS's (through
+threadpoolctl, `uvit_numpy.cli.set_threads`). The default is torch's own choice (the machine's
+physical cores), for both libraries, so that both are timed alike: unlike the small work of the
+other commands (which default to 1 thread), a full aMUSEd-256 forward is large enough to gain from
+every idle core. Run it on an idle machine; on a busy one every thread count measures the load.
 
 Memory: after the timings, one more NumPy forward runs under `tracemalloc`, which sees every NumPy
 allocation; its peak is the memory the forward adds on top of the weights (activations and
@@ -34,7 +37,6 @@ weights; for a training step (`--train`), NumPy <= 1.5 x torch.
 
 import argparse
 import contextlib
-import ctypes
 import os
 import statistics
 import sys
@@ -45,6 +47,8 @@ import numpy as np
 import torch
 
 import uvit_numpy.uvit2d as N
+from uvit_numpy.cli import (ArgumentParser, blas_threads, non_negative_float, positive_int,
+                            set_threads)
 
 from .. import uvit2d as T
 from .uvit2d import model_inputs
@@ -54,35 +58,12 @@ from .harness import TORCH_DTYPE, compare, to_torch
 # --------------------------------------------------------------------------------------------------
 # Threads
 # --------------------------------------------------------------------------------------------------
-def _openblas_function(name):
-    """`openblas_<name>` of the OpenBLAS that NumPy loaded (its symbol prefix and suffix vary with
-    the build), or None."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower()})
-    except OSError:
-        return None
-    for path in paths:
-        with contextlib.suppress(OSError):
-            lib = ctypes.CDLL(path)
-            for prefix in ("scipy_openblas_", "openblas_"):
-                for suffix in ("64_", ""):
-                    if hasattr(lib, prefix + name + suffix):
-                        return getattr(lib, prefix + name + suffix)
-    return None
-
-
-def set_threads(n):
-    """Use n threads in torch and in NumPy's OpenBLAS (when its entry point can be found)."""
-    torch.set_num_threads(n)
-    setter = _openblas_function("set_num_threads")
-    if setter is not None:
-        setter(ctypes.c_int(n))
-
-
-def blas_threads():
-    getter = _openblas_function("get_num_threads")
-    return int(getter()) if getter is not None else None
+def thread_limits(threads):
+    """`set_threads(threads, torch=True)` (its `restore()` puts the previous counts back), or
+    nothing to restore when `threads` is None (the counts are left as they are)."""
+    if threads is None:
+        return contextlib.nullcontext()
+    return set_threads(threads, torch=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,9 +136,12 @@ def run(config="amused-256", threads=None, repeats=5, batch=1, grid=16, text_len
         with_diffusers=True, memory=True, seed=0, pause=0.25, out=None):
     """Run the benchmark and print the report (to `out`, standard output by default); returns a dict
     of the figures."""
-    out = sys.stdout if out is None else out
-    if threads:
-        set_threads(threads)
+    with thread_limits(threads):
+        return _run(config, repeats, batch, grid, text_len, with_diffusers, memory, seed, pause,
+                    sys.stdout if out is None else out)
+
+
+def _run(config, repeats, batch, grid, text_len, with_diffusers, memory, seed, pause, out):
     if with_diffusers:
         try:
             import diffusers  # noqa: F401
@@ -243,7 +227,7 @@ def machine():
         flags = " AVX-512" if "avx512f" in info else (" AVX2" if "avx2" in info else "")
     return (f"machine: {cpu}{flags}, {os.cpu_count()} cores; NumPy {np.__version__} with "
             f"{blas.get('name', '?')} {blas.get('version', '')}; torch {torch.__version__}; "
-            f"threads: torch {torch.get_num_threads()}, OpenBLAS {blas_threads()}")
+            f"threads: torch {torch.get_num_threads()}, NumPy's BLAS {blas_threads()}")
 
 
 def verdict(value, limit):
@@ -334,9 +318,11 @@ def run_train(threads=None, repeats=7, batch=64, pause=0.25, out=None):
     """Time one training step of each model, NumPy against torch, interleaved; print the report
     (to `out`, standard output by default) and return
     {model: {"numpy": median s, "torch": median s, "ratio": ..., "peak": bytes}}."""
-    out = sys.stdout if out is None else out
-    if threads:
-        set_threads(threads)
+    with thread_limits(threads):
+        return _run_train(repeats, batch, pause, sys.stdout if out is None else out)
+
+
+def _run_train(repeats, batch, pause, out):
     print(machine(), file=out)
     results = {}
     for make in (_uvit_step_pair, _uvit2d_step_pair):
@@ -365,30 +351,50 @@ def run_train(threads=None, repeats=7, batch=64, pause=0.25, out=None):
     return results
 
 
+FORWARD_ONLY = {"config": "amused-256", "grid": 16, "text_len": 77, "no_diffusers": False,
+                "no_memory": False}                  # options of the forward benchmark only
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m uvit_torch.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="amused-256", help="named config (default amused-256)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for torch and OpenBLAS (default: leave both as they are)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--grid", type=int, default=16, help="token grid side (default 16)")
-    parser.add_argument("--text-len", type=int, default=77)
-    parser.add_argument("--no-diffusers", action="store_true", help="leave diffusers out")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    parser.add_argument("--pause", type=float, default=0.25,
+    parser = ArgumentParser(prog="python -m uvit_torch.bench", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(N.CONFIGS),
+                        help="named config (default amused-256)")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help=f"threads for torch and NumPy's BLAS (default torch's own choice, "
+                             f"{torch.get_num_threads()} here, for both)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="interleaved rounds (default 5; at least 3 with --train)")
+    parser.add_argument("--batch", type=positive_int, default=None,
+                        help="batch size (default 1; 64 with --train)")
+    parser.add_argument("--grid", type=positive_int, help="token grid side (default 16)")
+    parser.add_argument("--text-len", type=positive_int, help="text tokens (default 77)")
+    parser.add_argument("--no-diffusers", action="store_true", default=None,
+                        help="leave diffusers out")
+    parser.add_argument("--no-memory", action="store_true", default=None,
+                        help="skip the memory measurement")
+    parser.add_argument("--pause", type=non_negative_float, default=0.25,
                         help="seconds of idle before each timed forward (default 0.25)")
     parser.add_argument("--train", action="store_true",
                         help="time one training step (forward, backward, AdamW) of the digit "
                              "U-ViT and the amused-digits UVit2DModel instead (batch 64)")
     args = parser.parse_args(argv)
+    threads = args.threads or torch.get_num_threads()
     if args.train:
-        run_train(args.threads, max(args.repeats, 3), 64 if args.batch == 1 else args.batch,
-                  args.pause)
+        given = [f"--{k.replace('_', '-')}" for k in FORWARD_ONLY if getattr(args, k) is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: for the forward benchmark, not --train (which "
+                         f"times the digit models' training steps and takes --threads, "
+                         f"--repeats, --batch, --pause)")
+        run_train(threads, max(args.repeats, 3), args.batch or 64, args.pause)
         return 0
-    run(args.config, args.threads, args.repeats, args.batch, args.grid, args.text_len,
-        not args.no_diffusers, not args.no_memory, pause=args.pause)
+    opts = {k: v if (v := getattr(args, k)) is not None else d for k, d in FORWARD_ONLY.items()}
+    cfg = N.resolve_config(opts["config"])
+    if cfg["downsample"] and opts["grid"] % 2:
+        parser.error(f"--grid: {opts['config']} downsamples the token grid by 2, so its side "
+                     f"must be even, got {opts['grid']}")
+    run(opts["config"], threads, args.repeats, args.batch or 1, opts["grid"], opts["text_len"],
+        not opts["no_diffusers"], not opts["no_memory"], pause=args.pause)
     return 0
 
 

@@ -349,15 +349,18 @@ def grad_cases():
             + vae.function_cases() + module_grad_cases(vae.cases()) + vae.vq_grad_cases())
 
 
-def run_grads(only="", dtypes=None):
-    """Every gradient case whose name contains `only`, in the dtypes given (default both)."""
+def run_grads(only="", dtypes=None, progress=False):
+    """Every gradient case whose name contains `only`, in the dtypes given (default both).
+    progress: a progress bar on standard error, one tick per case, dtype and batch."""
+    from uvit_numpy.cli import progress_bar
+    jobs = [(case, dtype, batch) for case in grad_cases() if only in case.name
+            for dtype in case.dtypes if not dtypes or dtype in dtypes
+            for batch in case.batches]
     rows = []
-    for case in grad_cases():
-        if only not in case.name:
-            continue
-        for dtype in case.dtypes:
-            if dtypes and dtype not in dtypes:
-                continue
-            for batch in case.batches:
-                rows.append(run_grad_case(case, dtype, batch))
+    with progress_bar(len(jobs), "gradients", enabled=progress and bool(jobs),
+                      unit="case") as bar:
+        for case, dtype, batch in jobs:
+            bar.set_postfix_str(case.name[:40], refresh=False)
+            rows.append(run_grad_case(case, dtype, batch))
+            bar.update(1)
     return rows
