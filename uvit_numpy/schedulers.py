@@ -269,8 +269,9 @@ def quantile_rows(x, q):
 
     With the rank r = q (N - 1) (computed in x's dtype, as torch does) and the sorted row v,
     the quantile is v[floor r] + (r - floor r) (v[ceil r] - v[floor r]), interpolated from the
-    nearer end (torch.lerp's rule: weight >= 1/2 starts from v[ceil r]). Each value is rounded
-    once from float64, as torch's fused multiply-add rounds it for float32 rows.
+    nearer end (torch.lerp's rule: weight >= 1/2 starts from v[ceil r]). For float32 rows the
+    float64 arithmetic below is exact, so each value is rounded once, as torch's fused
+    multiply-add rounds it; float64 rows may end one ulp from torch's.
     """
     N = x.shape[1]
     v = np.sort(x, axis=1)                                          # (B, N), each row ascending
