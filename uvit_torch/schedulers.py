@@ -1,10 +1,11 @@
 """The samplers of `uvit_numpy.schedulers` on torch tensors: same classes, arguments and formulas.
 
-Each class subclasses its NumPy twin: the schedule tables and every coefficient (float64 Python
-floats) are computed there, once; this file swaps the array operations, so that `.timesteps` is an
-int64 tensor, `step` takes and returns tensors, clamping is `torch.clamp`, and noise is drawn with
-`torch.randn(..., generator=torch.Generator)` in the sample's dtype and device. A sample in float32
-stays float32: the coefficients are Python floats.
+Each class subclasses its NumPy twin: the schedule tables (float64, or diffusers' float32 with
+`table_dtype="float32"`) and every coefficient are computed there, once; this file swaps the array
+operations, so that `.timesteps` is an int64 tensor, `step` takes and returns tensors, clamping is
+`torch.clamp`, dynamic thresholding uses `torch.quantile` (as diffusers does), and noise is drawn
+with `torch.randn(..., generator=torch.Generator)` in the sample's dtype and device. A sample in
+float32 stays float32: the coefficients are Python floats.
 """
 
 import numpy as np
@@ -12,13 +13,15 @@ import torch
 
 from uvit_numpy import schedulers as _np
 from uvit_numpy.schedulers import (BETA_SCHEDULES, PREDICTION_TYPES,  # noqa: F401
-                                   TIMESTEP_SPACINGS, SchedulerOutput, betas_for_alpha_bar,
-                                   make_betas, spaced_timesteps)
+                                   TABLE_DTYPES, TIMESTEP_SPACINGS, SchedulerOutput,
+                                   betas_for_alpha_bar, make_betas, rescale_zero_terminal_snr,
+                                   spaced_timesteps)
 
 from .losses import mse_loss
 
 __all__ = ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "SchedulerOutput",
-           "add_noise", "epsilon_mse", "make_betas", "spaced_timesteps", "SCHEDULERS"]
+           "add_noise", "dynamic_threshold", "epsilon_mse", "make_betas",
+           "rescale_zero_terminal_snr", "spaced_timesteps", "SCHEDULERS"]
 
 
 def add_noise(original_samples, noise, timesteps, alphas_cumprod):
@@ -59,6 +62,19 @@ def epsilon_mse(model_output, noise):
     return mse_loss(model_output, noise)
 
 
+def dynamic_threshold(x0, dynamic_thresholding_ratio=0.995, sample_max_value=1.0):
+    """Imagen's dynamic thresholding for tensors (see `uvit_numpy.schedulers.dynamic_threshold`):
+    per sample, s = quantile of |x0| clamped to [1, sample_max_value]; x0 clipped to [-s, s] / s.
+    x0: (B, C, ...) float tensor; returns the same shape and dtype."""
+    if x0.ndim < 2:
+        raise ValueError(f"dynamic_threshold: expected a (B, C, ...) tensor, got shape "
+                         f"{tuple(x0.shape)}")
+    flat = x0.reshape(x0.shape[0], -1)                              # (B, C, ...) -> (B, C*...)
+    s = torch.quantile(flat.abs(), dynamic_thresholding_ratio, dim=1)
+    s = s.clamp(min=1, max=sample_max_value)[:, None]               # (B, 1)
+    return (flat.clamp(-s, s) / s).reshape(x0.shape)
+
+
 class _TorchOps:
     """The array hooks of `uvit_numpy.schedulers._DiscreteScheduler`, for tensors."""
 
@@ -67,6 +83,9 @@ class _TorchOps:
 
     def _clip(self, x, low, high):
         return x.clamp(low, high)
+
+    def _threshold(self, x0, dynamic_thresholding_ratio, sample_max_value):
+        return dynamic_threshold(x0, dynamic_thresholding_ratio, sample_max_value)
 
     def _randn_like(self, x, generator):
         """N(0, 1) like x (its dtype and device) from a torch.Generator (or the global one)."""
