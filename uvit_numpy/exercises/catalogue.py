@@ -18,7 +18,7 @@ grader reports a solution that calls anything else of `uvit_numpy` or `uvit_torc
 reference" (the exercise's own function is never allowed).
 
 The theme modules (`tokens`, `norms_and_activations`, `attention`, `convolutions`, `amused`,
-`backward`, `diffusion`, `maskgit`) `register` their exercises here. The course order is by
+`backward`, `diffusion`, `maskgit`, `amused_systems`) `register` their exercises here. The course order is by
 notebook, then by order of registration.
 """
 
@@ -64,6 +64,7 @@ class Exercise:
     mistakes: tuple = ()      # Mistake, ..., most specific first
     exact: bool = False       # integer outputs: compare for equality, not within a tolerance
     allowed: tuple = ()       # package functions a solution may call ("uvit_numpy.functional.gelu")
+    strings: bool = False     # the answer is one list of strings (BPE's symbols), compared exactly
 
     @property
     def signature(self):

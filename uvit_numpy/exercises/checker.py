@@ -10,11 +10,14 @@ cause in this order:
    its hint is reported;
 2. generic causes: a wrong output shape, axes in the wrong order (some transpose of the student's
    output equals the expected one), float32 output from float64 input, NaN or inf where the
-   answer is finite, a constant factor.
+   answer is finite, a constant factor; for a list of strings, symbols that no longer spell the
+   word.
 
 A function that raises `NotImplementedError` on the first case is "not attempted"; any other
 exception is reported with its message and the line that raised it, never crashing the checker.
 An output that is not an array (None, a string, a tuple of the wrong length) is a "bad output".
+An exercise whose answer is a list of strings (`Exercise.strings`: BPE's symbols) is compared
+exactly, the list as a whole: it is right or it is not.
 
 The work is split in two so that the grader can keep the verdict out of the student's process:
 `run_student` calls the student's function and records what came back (plain data), `judge`
@@ -144,10 +147,15 @@ class BadOutput(Exception):
     """The student's function returned something that is not an array (or tuple of arrays)."""
 
 
-def as_outputs(out, expected_count):
-    """The outputs as a list of float or integer arrays; BadOutput says what was wrong."""
+def as_outputs(out, expected_count, strings=False):
+    """The outputs as a list of float or integer arrays; BadOutput says what was wrong.
+
+    strings: the answer is one list (or tuple) of strings, returned as [a 1-D array of str].
+    """
     if out is None:
         raise BadOutput("returned None: is a `return` statement missing?")
+    if strings:
+        return [_as_strings(out)]
     items = list(out) if isinstance(out, tuple) else [out]
     if len(items) != expected_count:
         raise BadOutput(f"expected {_count(expected_count)}, got "
@@ -167,6 +175,20 @@ def as_outputs(out, expected_count):
 
 def _count(n):
     return "a single array" if n == 1 else f"a tuple of {n} arrays"
+
+
+def _as_strings(out):
+    """A list or tuple of str as a 1-D array of str; BadOutput for anything else."""
+    if isinstance(out, str):
+        raise BadOutput(f"returned one string ({out[:40]!r}), expected a list of strings, one "
+                        "per symbol")
+    if not isinstance(out, (list, tuple)):
+        raise BadOutput(f"returned a {type(out).__name__}, expected a list of strings")
+    for item in out:
+        if not isinstance(item, str):
+            raise BadOutput(f"returned a list holding a {type(item).__name__} "
+                            f"({repr(item)[:40]}), expected strings only")
+    return np.array([str(item) for item in out], dtype=str)          # (n,), dtype <U...
 
 
 @dataclass
@@ -193,6 +215,8 @@ def compare(ours, ref, exact=False):
 
 
 def _compare_one(a, b, exact):
+    if a.dtype.kind == "U" or b.dtype.kind == "U":
+        return _compare_strings(a, b)
     if a.shape != b.shape:
         return Diff(False, np.inf, f"wrong output shape: expected {b.shape}, got {a.shape}")
     if a.size == 0:
@@ -224,6 +248,28 @@ def _compare_one(a, b, exact):
                            f"tolerance {TOLERANCE:g})")
 
 
+def _compare_strings(a, b):
+    """Two lists of strings (1-D arrays of str): equal, or wrong as a whole (rel = inf). The
+    shape counts as the same either way, so that a list of another length can still match a
+    known mistake."""
+    if b.dtype.kind != "U":
+        return Diff(True, np.inf, f"returned strings ({a.dtype}) where numbers are expected")
+    if a.dtype.kind != "U":
+        return Diff(True, np.inf, f"returned an array of {a.dtype}, expected a list of strings")
+    ours, ref = a.tolist(), b.tolist()
+    if ours == ref:
+        return Diff(True, 0.0, "")
+    first = next((i for i, (x, y) in enumerate(zip(ours, ref)) if x != y),
+                 min(len(ours), len(ref)))
+    return Diff(True, np.inf, f"yours {_shown(ours)}, expected {_shown(ref)} (they differ "
+                              f"from position {first} on)")
+
+
+def _shown(items, limit=200):
+    text = repr(items)
+    return text if len(text) <= limit else text[:limit - 5] + " ...]"
+
+
 def _index(idx):
     return tuple(int(i) for i in idx)
 
@@ -251,6 +297,8 @@ def _copy(value):
 
 
 def _same(a, b):
+    if isinstance(a, str):
+        return isinstance(b, str) and a == b
     if isinstance(a, np.ndarray):
         return isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b,
                                                                                   equal_nan=True)
@@ -291,7 +339,7 @@ def diagnose(exercise, case, ours, ref, diff):
     for mistake in exercise.mistakes:
         try:
             out, _, _ = call_quietly(mistake.fn, case)
-            variant = as_outputs(out, len(ref))
+            variant = as_outputs(out, len(ref), exercise.strings)
         except Exception:  # noqa: BLE001, S112 -- a variant that fails here says nothing
             continue
         if compare(variant, ref, exercise.exact).rel <= TOLERANCE:
@@ -311,6 +359,9 @@ def diagnose(exercise, case, ours, ref, diff):
 def _generic_diagnosis(ours, ref, exact):
     found = []
     for a, b in zip(ours, ref):
+        if a.dtype.kind == "U" or b.dtype.kind == "U":
+            found += _string_diagnosis(a, b)
+            continue
         perm = _matching_transpose(a, b, exact)
         if perm is not None:
             found.append(("transposed_axes",
@@ -344,6 +395,16 @@ def _generic_diagnosis(ours, ref, exact):
                                               f"a constant factor (a scale, a 0.5, a sqrt) is "
                                               f"missing or extra.")))
     return found[:1]
+
+
+def _string_diagnosis(a, b):
+    """BPE only joins neighbours: the symbols, joined, always spell the word and its `</w>`."""
+    if a.dtype.kind == "U" and b.dtype.kind == "U" and "".join(a.tolist()) != "".join(b.tolist()):
+        return [("symbols_do_not_spell_the_word",
+                 (f"your symbols, joined, spell {''.join(a.tolist())!r}, not "
+                  f"{''.join(b.tolist())!r}: a merge joins two neighbouring symbols into one and "
+                  f"never drops, repeats or reorders a character."))]
+    return []
 
 
 def _close(a, b, exact):
@@ -384,11 +445,12 @@ def expected_outputs(exercise, cases):
     refs = []
     for case in cases:
         out, _, _ = call_quietly(exercise.reference, case)
-        refs.append(as_outputs(out, len(out) if isinstance(out, tuple) else 1))
+        count = len(out) if isinstance(out, tuple) and not exercise.strings else 1
+        refs.append(as_outputs(out, count, exercise.strings))
     return refs
 
 
-def run_student(fn, cases, counts, on_case=None, max_sizes=None):
+def run_student(fn, cases, counts, on_case=None, max_sizes=None, strings=False):
     """Call the student's `fn` on every case; a list of outcomes, plain dicts (no verdict yet).
 
     counts[i] is how many arrays case i must return. Each outcome is one of
@@ -399,6 +461,7 @@ def run_student(fn, cases, counts, on_case=None, max_sizes=None):
     first case). The grader runs this in the student's own process and `judge` in its own;
     it passes `on_case(i)`, called before case i, and `max_sizes[i]`, the most elements an
     output of case i may have before it is a bad output rather than data to send back.
+    strings: the exercise's answer is a list of strings (`Exercise.strings`).
     """
     outcomes = []
     for i, (case, count) in enumerate(zip(cases, counts)):
@@ -417,7 +480,7 @@ def run_student(fn, cases, counts, on_case=None, max_sizes=None):
                              "where": _where_raised(exc)})
             continue
         try:
-            arrays = as_outputs(out, count)
+            arrays = as_outputs(out, count, strings)
         except BadOutput as exc:
             outcomes.append({"kind": "bad output", "message": str(exc)})
             continue
@@ -476,7 +539,7 @@ def run_checks(exercise, fn):
     """Every case of `exercise` on `fn`, in this process; a CheckResult (no printing)."""
     cases = exercise.make_cases()
     refs = expected_outputs(exercise, cases)
-    outcomes = run_student(fn, cases, [len(r) for r in refs])
+    outcomes = run_student(fn, cases, [len(r) for r in refs], strings=exercise.strings)
     return judge(exercise, cases, refs, outcomes)
 
 

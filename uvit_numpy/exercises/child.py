@@ -47,9 +47,9 @@ def child_main(conn, workdir, output, memory, processes=None):
         request = conn.recv()                            # from the grader: trusted
         if request[0] != "check":
             break
-        _, name, cases, counts, sizes = request
+        _, name, cases, counts, sizes, strings = request
         outcomes = run_student(found[name], cases, counts, on_case=lambda i: send("case", i),
-                               max_sizes=[max(16 * s, 4096) for s in sizes])
+                               max_sizes=[max(16 * s, 4096) for s in sizes], strings=strings)
         send("result", [_plain_outcome(o) for o in outcomes])
     sys.stdout.flush()
     os._exit(0)                                          # skip the student's atexit handlers
@@ -120,9 +120,10 @@ def _plain_outcome(outcome):
 
 
 def _plain(value, depth=0):
-    """Arrays, numbers, strings and containers of them; anything else becomes a string."""
+    """Arrays, numbers, strings and containers of them; anything else becomes a string. A dict
+    keeps the keys that stay hashable ((left, right) pairs of strings, say) and names the rest."""
     if isinstance(value, np.ndarray):
-        if value.dtype.kind in "biufc":
+        if value.dtype.kind in "biufcU":
             return np.array(value, subok=False)
         return f"<array of dtype {value.dtype}>"
     if type(value) in (bool, int, float, complex, type(None)):     # exactly these, no subclass
@@ -132,11 +133,20 @@ def _plain(value, depth=0):
     if isinstance(value, np.generic) and value.dtype.kind in "biufc":
         return value.item()
     if depth < 4 and isinstance(value, dict):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+        return {_plain_key(k, depth + 1): _plain(v, depth + 1) for k, v in value.items()}
     if depth < 4 and isinstance(value, (list, tuple)):
         return type(value)(_plain(v, depth + 1) for v in value) if type(value) in (list, tuple) \
             else [_plain(v, depth + 1) for v in value]
     return f"<{type(value).__name__}>"
+
+
+def _plain_key(key, depth):
+    plain = _plain(key, depth)
+    try:
+        hash(plain)
+    except TypeError:                                    # a list or an array: not a key
+        return str(key)
+    return plain
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,8 +173,8 @@ def _decode(value):
         if set(value) == {_ARRAY}:
             dtype, shape, data = value[_ARRAY]
             dt = np.dtype(dtype)
-            if dt.kind not in "biufc" or dt.fields is not None:
-                raise ValueError(f"dtype {dtype!r}")
+            if dt.kind not in "biufcU" or dt.fields is not None or dt.itemsize == 0:
+                raise ValueError(f"dtype {dtype!r}")               # U: fixed-width text, no objects
             return np.frombuffer(data, dtype=dt).reshape(shape).copy()
         return {k: _decode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -307,7 +307,7 @@ class _Child:
         counts = [len(r) for r in refs]
         sizes = [sum(a.size for a in r) for r in refs]
         try:
-            self.conn.send(("check", exercise.name, cases, counts, sizes))
+            self.conn.send(("check", exercise.name, cases, counts, sizes, exercise.strings))
         except OSError:                                # the child is gone: _receive says how
             pass
         return exercise, cases, refs, counts
