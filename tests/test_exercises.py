@@ -227,6 +227,47 @@ def test_a_passing_check_prints_one_line(capsys):
 
 
 # --------------------------------------------------------------------------------------------------
+# An answer that is a list of strings (bpe_merge)
+# --------------------------------------------------------------------------------------------------
+def _bpe(word, ranks):
+    return EXERCISES["bpe_merge"].reference(word, ranks)
+
+
+def test_a_list_of_strings_is_compared_exactly_as_a_whole():
+    assert EXERCISES["bpe_merge"].strings
+    assert check("bpe_merge", _bpe, verbose=False)
+    assert check("bpe_merge", lambda word, ranks: tuple(_bpe(word, ranks)), verbose=False)
+    result = check("bpe_merge", lambda word, ranks: _bpe(word, ranks)[:-1] + ["x</w>"],
+                   verbose=False)
+    assert not result and result.status == "failed"
+    assert "yours ['lowe', 'x</w>'], expected ['lowe', 'st</w>']" in result.cases[0].message
+    assert result.diagnoses == {"symbols_do_not_spell_the_word"}, result.report()
+    assert "spell 'lowex</w>', not 'lowest</w>'" in result.report()
+
+
+@pytest.mark.parametrize("fn, says", [
+    (lambda word, ranks: " ".join(_bpe(word, ranks)), "one string"),
+    (lambda word, ranks: [tuple(s) for s in _bpe(word, ranks)], "holding a tuple"),
+    (lambda word, ranks: np.array(_bpe(word, ranks)), "ndarray, expected a list of strings"),
+    (lambda word, ranks: None, "return"),
+], ids=["one_string", "list_of_tuples", "array", "none"])
+def test_answers_that_are_not_lists_of_strings_are_bad_outputs(fn, says):
+    result = check("bpe_merge", fn, verbose=False)
+    assert result.status == "bad output"
+    assert says in result.cases[0].message, result.cases[0].message
+
+
+def test_a_merge_loop_that_eats_its_ranks_is_caught():
+    def bpe_merge(word, ranks):
+        symbols = _bpe(word, dict(ranks))
+        ranks.clear()
+        return symbols
+    result = check("bpe_merge", bpe_merge, verbose=False)
+    assert not result and result.diagnoses == {"modified_input"}
+    assert "`ranks`" in result.cases[0].message
+
+
+# --------------------------------------------------------------------------------------------------
 # Reading a student's notebook
 # --------------------------------------------------------------------------------------------------
 def _notebook(path, cells):

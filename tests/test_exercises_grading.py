@@ -17,6 +17,7 @@ from tests.notebook_runner import ROOT, notebooks_under
 from uvit_numpy.exercises import EXERCISES, run_checks
 from uvit_numpy.exercises.__main__ import main
 from uvit_numpy.exercises.analysis import read_file
+from uvit_numpy.exercises.child import _plain
 from uvit_numpy.exercises.grading import STATUSES, _decode, _encode, _SafeUnpickler, grade_file
 from uvit_numpy.exercises.notebooks import STUDENT_README, release
 
@@ -282,6 +283,38 @@ def test_messages_from_a_child_name_no_class():
     assert outputs[0].shape == () and outputs[0] == 2.5
     assert np.array_equal(outputs[1], np.arange(6).reshape(2, 3).T)
     assert back[1][0]["args"][0].dtype == np.float32
+    # a list of strings (bpe_merge's answer) travels as text, and a dict keeps its pair keys
+    sent = ("result", [{"kind": "returned", "outputs": [np.array(["lo", "w</w>"])],
+                        "args": ["low", _plain({("l", "o"): 0, ("lo", "w</w>"): 1})],
+                        "kwargs": {}}])
+    back = _decode(_SafeUnpickler(io.BytesIO(pickle.dumps(_encode(sent), protocol=4))).load())
+    assert back[1][0]["outputs"][0].tolist() == ["lo", "w</w>"]
+    assert back[1][0]["args"][1] == {("l", "o"): 0, ("lo", "w</w>"): 1}
+    for dtype in ("O", "V8", "U0"):
+        with pytest.raises(ValueError, match="dtype"):
+            _decode({"__ndarray__": (dtype, (1,), b"\0" * 8)})
+
+
+def test_a_bpe_merge_is_graded_in_a_child_and_its_ranks_checked(tmp_path):
+    """The ranks go to the child as a dict with (left, right) keys and come back the same, so
+    an honest merge loop passes there, and one that empties its ranks is caught."""
+    honest = tmp_path / "honest.py"
+    honest.write_text(
+        "def bpe_merge(word, ranks):\n"
+        "    s = list(word[:-1]) + [word[-1] + '</w>']\n"
+        "    while True:\n"
+        "        known = [(ranks[p], i) for i, p in enumerate(zip(s, s[1:])) if p in ranks]\n"
+        "        if not known:\n"
+        "            return s\n"
+        "        _, i = min(known)\n"
+        "        s[i:i + 2] = [s[i] + s[i + 1]]\n")
+    eats = tmp_path / "eats_the_ranks.py"
+    eats.write_text(honest.read_text().replace("    while True:", "    r = dict(ranks)\n"
+                                               "    ranks.clear()\n    ranks = r\n"
+                                               "    while True:"))
+    assert grade_file(honest, timeout=float(TIMEOUT)).results["bpe_merge"].status == "passed"
+    result = grade_file(eats, timeout=float(TIMEOUT)).results["bpe_merge"]
+    assert result.status == "failed" and result.diagnoses == {"modified_input"}
 
 
 def test_the_statuses_are_spelled_as_the_readme_says():

@@ -5,6 +5,7 @@ Each function below makes one classic mistake; the checker must reject it and na
 these tests show that the diagnosis works on code it has never seen.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -328,6 +329,136 @@ def kmeans_step_nan(x, centroids):
     return new, a, d.min(1).mean()
 
 
+# --- 09: aMUSEd's tokenizer, text encoder and VQ-GAN -------------------------------------------
+def _bpe(word, ranks, first_known=False, end_mark=True):
+    symbols = list(word[:-1]) + [word[-1] + "</w>"] if end_mark else list(word)
+    while True:
+        known = [(ranks[p], i) for i, p in enumerate(itertools.pairwise(symbols)) if p in ranks]
+        if not known:
+            return symbols
+        _, i = min(known, key=lambda ri: ri[1]) if first_known else min(known)
+        symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]     # one occurrence at a time
+
+
+def bpe_one_position_at_a_time(word, ranks):
+    """Right, and not the reference's algorithm: `tokenizers` merges one position at a time."""
+    return _bpe(word, ranks)
+
+
+def bpe_first_known_pair(word, ranks):
+    return _bpe(word, ranks, first_known=True)
+
+
+def bpe_no_end_mark(word, ranks):
+    return _bpe(word, ranks, end_mark=False)
+
+
+def bpe_loop_over_the_merges(word, ranks):
+    symbols = list(word[:-1]) + [word[-1] + "</w>"]
+    for (left, right), _ in sorted(ranks.items(), key=lambda kv: kv[1]):
+        pairs = list(itertools.pairwise(symbols))
+        if (left, right) in pairs:
+            i = pairs.index((left, right))                     # the first occurrence only
+            symbols = symbols[:i] + [left + right] + symbols[i + 2:]
+    return symbols
+
+
+def _causal(q, k, v, allowed, fill=-np.inf, multiply=False):
+    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+    s = s * allowed if multiply else np.where(allowed, s, fill)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True) @ v
+
+
+def causal_triu(q, k, v):
+    return _causal(q, k, v, np.triu(np.ones((q.shape[2], k.shape[2]), dtype=bool)))
+
+
+def causal_scores_times_mask(q, k, v):
+    return _causal(q, k, v, np.tril(np.ones((q.shape[2], k.shape[2]))), multiply=True)
+
+
+def causal_bottom_right(q, k, v):
+    L, S = q.shape[2], k.shape[2]
+    return _causal(q, k, v, np.tril(np.ones((L, S), dtype=bool), k=S - L))
+
+
+def _gn(x, num_groups, weight, bias, dy, eps=1e-5, strided=False, mean_term=True):
+    B, C, H, W = x.shape
+    G = num_groups
+    if strided:                                                  # channels c, c + G, ... together
+        xt = x.reshape(B, C // G, G, H * W).transpose(0, 2, 1, 3).reshape(B, G, -1)
+    else:
+        xt = x.reshape(B, G, -1)
+    mu, var = xt.mean(-1, keepdims=True), xt.var(-1, keepdims=True)
+    r = 1 / np.sqrt(var + eps)
+    xhat = (xt - mu) * r
+
+    def back(t):                                                 # (B, G, n) -> (B, C, H, W)
+        if strided:
+            return t.reshape(B, G, C // G, H * W).transpose(0, 2, 1, 3).reshape(x.shape)
+        return t.reshape(x.shape)
+
+    def forth(t):
+        if strided:
+            return t.reshape(B, C // G, G, H * W).transpose(0, 2, 1, 3).reshape(B, G, -1)
+        return t.reshape(B, G, -1)
+    w = weight[None, :, None, None]
+    y = back(xhat) * w + bias[None, :, None, None]
+    g = forth(dy * w)
+    dxt = g - xhat * (g * xhat).mean(-1, keepdims=True)
+    if mean_term:
+        dxt = dxt - g.mean(-1, keepdims=True)
+    return y, back(r * dxt), (dy * back(xhat)).sum((0, 2, 3)), dy.sum((0, 2, 3))
+
+
+def group_norm_strided(x, num_groups, weight, bias, dy, eps=1e-5):
+    return _gn(x, num_groups, weight, bias, dy, eps, strided=True)
+
+
+def group_norm_backward_no_mean(x, num_groups, weight, bias, dy, eps=1e-5):
+    return _gn(x, num_groups, weight, bias, dy, eps, mean_term=False)
+
+
+def _vq(z, codebook, beta, dy, dot=False, legacy=False, autograd_lookup=False, fancy=False):
+    if dot:
+        idx = (z @ codebook.T).argmax(1)                         # "the most similar code"
+    else:
+        idx = np.linalg.norm(z[:, None] - codebook[None], axis=-1).argmin(1)
+    zq = codebook[idx]
+    n = z.size
+    loss = np.mean((zq - z) ** 2) * (1 + beta)
+    wz, wq = (1.0, beta) if legacy else (beta, 1.0)
+    dz = wz * 2 * (z - zq) / n
+    dzq = wq * 2 * (zq - z) / n
+    if autograd_lookup:                                          # out = codebook[idx]
+        dzq = dzq + dy
+    else:
+        dz = dz + dy
+    dcb = np.zeros_like(codebook)
+    if fancy:
+        dcb[idx] += dzq
+    else:
+        np.add.at(dcb, idx, dzq)
+    return idx, zq, loss, dz, dcb
+
+
+def vq_most_similar_code(z, codebook, beta, dy):
+    return _vq(z, codebook, beta, dy, dot=True)
+
+
+def vq_legacy_weights(z, codebook, beta, dy):
+    return _vq(z, codebook, beta, dy, legacy=True)
+
+
+def vq_without_straight_through(z, codebook, beta, dy):
+    return _vq(z, codebook, beta, dy, autograd_lookup=True)
+
+
+def vq_fancy_index_add(z, codebook, beta, dy):
+    return _vq(z, codebook, beta, dy, fancy=True)
+
+
 WRONG = [
     ("patchify", patchify_channels_first, "channels_first_in_patch"),
     ("unpatchify", unpatchify_plain_reshape, "plain_reshape"),
@@ -368,6 +499,18 @@ WRONG = [
     ("mask_batch", mask_batch_last_code, "mask_id_inside_codebook"),
     ("masked_cross_entropy", masked_ce_over_batch, "mean_over_batch"),
     ("kmeans_step", kmeans_step_nan, "empty_cluster_nan"),
+    ("bpe_merge", bpe_first_known_pair, "first_pair_not_lowest_rank"),
+    ("bpe_merge", bpe_no_end_mark, "missing_end_of_word"),
+    ("bpe_merge", bpe_loop_over_the_merges, "first_occurrence_only"),
+    ("causal_attention", causal_triu, "upper_triangle"),
+    ("causal_attention", causal_scores_times_mask, "masked_with_zero"),
+    ("causal_attention", causal_bottom_right, "bottom_right_alignment"),
+    ("group_norm_forward_backward", group_norm_strided, "strided_groups"),
+    ("group_norm_forward_backward", group_norm_backward_no_mean, "missing_mean_term"),
+    ("vector_quantize", vq_most_similar_code, "code_norms_dropped"),
+    ("vector_quantize", vq_legacy_weights, "commitment_weight_swapped"),
+    ("vector_quantize", vq_without_straight_through, "gradient_to_codebook"),
+    ("vector_quantize", vq_fancy_index_add, "codebook_gradient_not_accumulated"),
 ]
 
 
@@ -382,6 +525,17 @@ def test_wrong_solution_fails_with_the_intended_hint(name, fn, hint, capsys):
 
 def test_every_exercise_has_a_wrong_solution_here():
     assert {name for name, _, _ in WRONG} == set(EXERCISES)
+
+
+def test_the_student_style_helpers_of_notebook_9_pass_when_done_right():
+    """Each helper above is right with its switches off (the BPE one merges one position at a
+    time, as `tokenizers` does, and still agrees with the reference on every case)."""
+    assert check("bpe_merge", bpe_one_position_at_a_time, verbose=False)
+    def causal_attention(q, k, v):
+        return _causal(q, k, v, np.tril(np.ones((q.shape[2], k.shape[2]), dtype=bool)))
+    assert check("causal_attention", causal_attention, verbose=False)
+    assert check("group_norm_forward_backward", _gn, verbose=False)
+    assert check("vector_quantize", _vq, verbose=False)
 
 
 def test_the_two_decoding_helpers_pass_when_done_right():

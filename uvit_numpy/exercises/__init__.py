@@ -23,6 +23,7 @@ order, each with its reference, its cases and the mistakes its checker recognise
 # Importing the theme modules registers their exercises (the catalogue orders them by notebook).
 from . import (  # noqa: F401
     amused,
+    amused_systems,
     attention,
     backward,
     convolutions,
