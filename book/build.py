@@ -4,14 +4,18 @@ Open book/_build/html/index.html in a browser (or serve the folder: `python -m h
 book/_build/html`); nothing on it needs the internet. The site is made of
 
 - the repository README as the landing page (its images, docs/*.png, come along);
-- book/README.md (the reading order) and the thirteen chapters, with the outputs committed in
-  them: the site is built from the executed notebooks and never executes them (refresh the
-  outputs with `python book/execute.py`);
+- book/README.md (the reading order) and the chapters (book/NN_*.ipynb), with the outputs
+  committed in them: the site is built from the executed notebooks and never executes them
+  (refresh the outputs with `python book/execute.py`);
 - the exercises in their student version only, made by the package's own release
   (`python -m uvit_numpy.exercises release`): every solution is replaced by `raise
   NotImplementedError`, and this build stops if a solution marker is still there;
 - navigation between the pages (the sidebar, previous / next), a search page, and the
   mathematics typeset by MathJax 3 served from the site itself (`_static/mathjax/`).
+
+Nothing else of book/ is laid out: in particular not book/teacher/, the worked answers to the
+chapters' questions, which are for teachers only (`tests/test_book_questions.py` checks the
+sources, `tests/test_book_site.py` the built site).
 
 The sources are laid out in book/_build/source/ as they are in the repository (README.md becomes
 index.md), so every relative link written for the code host (`docs/uvit-digits.png`,

@@ -101,6 +101,22 @@ def test_the_site_has_every_chapter_and_only_the_student_exercises(site):
             assert not leaked, f"{page.relative_to(site)} shows a solution of {name}: {leaked[:3]}"
 
 
+def test_the_site_holds_no_teacher_answer(site):
+    """book/teacher/ (the worked answers to the chapters' questions) never reaches the site: no
+    file or folder of that name, and no line of an answer in any text file of the site (pages,
+    the search index, the copies of the sources)."""
+    lines = [ln.strip() for p in sorted((BOOK / "teacher").glob("[0-9][0-9]_*.md"))
+             for ln in p.read_text(encoding="utf-8").splitlines()
+             if len(ln.strip()) >= 40 and not ln.startswith("## Answer")]
+    assert lines, "no teacher answers to look for"
+    assert not [p for p in site.rglob("*") if "teacher" in p.name.lower()]
+    for path in sorted(site.rglob("*")):
+        if path.is_file() and path.suffix in (".html", ".js", ".txt", ".md", ".ipynb", ".json"):
+            text = html.unescape(path.read_text(encoding="utf-8", errors="replace"))
+            leaked = [ln[:60] for ln in lines if ln in text]
+            assert not leaked, f"{path.relative_to(site)} holds a teacher's answer: {leaked[:3]}"
+
+
 # --- in the browser -------------------------------------------------------------------------------
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
