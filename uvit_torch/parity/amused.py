@@ -15,9 +15,10 @@ the tolerance, so equal images mean equal codes (the tests also compare the code
 The tiny parts: a byte-level CLIP tokenizer (every byte a token, a few merges, 16 tokens long), a
 2-layer CLIP text tower of width 32 projecting to 24, UVit2DModel's "tiny" config (8 x 8 codes,
 halved inside; one res block per stage and one transformer layer, for speed) reading them, and
-VQModel's "tiny" VQ-GAN (2 pixels per code, 32 codes): 16 x 16 images. Constant weights are perturbed (`randomize_`), the codebook spread over the encoder's
-latents (`spread_codebook_`), and the decoder's last convolution scaled so that most pixels land
-inside (0, 1), where the final clip does not hide a difference.
+VQModel's "tiny" VQ-GAN (2 pixels per code, 32 codes): 16 x 16 images. Constant weights are
+perturbed (`randomize_`), the codebook spread over the encoder's latents (`spread_codebook_`), and
+the decoder's last convolution scaled so that most pixels land inside (0, 1), where the final clip
+does not hide a difference.
 """
 
 import contextlib
@@ -47,7 +48,7 @@ from .harness import TORCH_DTYPE, numpy_state_dict, randomize_
 # The tiny parts
 # --------------------------------------------------------------------------------------------------
 MERGES = [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>"), ("m", "a")]
-MAX_LENGTH = 16                     # the tokenizer's model_max_length = the text encoder's positions
+MAX_LENGTH = 16                     # the tokenizer's model_max_length = the text positions
 MASK_TOKEN_ID = 32                  # UVit2DModel's vocab_size - 1 (32 codes, then the mask)
 
 
