@@ -448,3 +448,25 @@ def test_the_pipeline_benchmark_runs_on_tiny_parts():
     assert result["numpy"]["total"] > 0 and result["torch"]["total"] > 0
     assert result["codes_equal"]
     assert "amused-256" in bench.PIPELINES and "amused-tiny" in bench.PIPELINES
+
+
+def test_the_row_tap_convolution_equals_torch_s():
+    """`functional.conv2d`'s stride-1 path (`_conv2d_row_taps`, the VQ-GAN's convolutions without
+    an im2col copy) against torch in float64: kernel shapes 1x1, 3x3, 1x3, 3x1, 2x2, paddings 0
+    to 2, odd sizes, batch 2; and the window view it caches for the backward is unchanged."""
+    import uvit_numpy.functional as F
+    rng = np.random.default_rng(0)
+    for (kh, kw), padding, (H, W) in [((1, 1), 0, (5, 7)), ((3, 3), 1, (6, 5)), ((1, 3), (0, 1),
+                                      (4, 9)), ((3, 1), 2, (3, 3)), ((2, 2), 0, (7, 4))]:
+        x = rng.standard_normal((2, 5, H, W))
+        w, b = rng.standard_normal((6, 5, kh, kw)), rng.standard_normal(6)
+        ours, cache = F.conv2d(x, w, b, 1, padding, return_cache=True)
+        theirs = torch.nn.functional.conv2d(*(torch.from_numpy(v) for v in (x, w, b)), 1,
+                                            padding).numpy()
+        assert_close(f"conv2d {kh}x{kw} padding {padding}", ours, theirs, 1e-10)
+        dy = rng.standard_normal(ours.shape)
+        dx, dw, db = F.conv2d_backward(dy, cache)
+        tx, tw, tb = (torch.from_numpy(v).requires_grad_() for v in (x, w, b))
+        torch.nn.functional.conv2d(tx, tw, tb, 1, padding).backward(torch.from_numpy(dy))
+        for name, ours_grad, theirs_grad in (("dx", dx, tx), ("dw", dw, tw), ("db", db, tb)):
+            assert_close(name, ours_grad, theirs_grad.grad, 1e-10)

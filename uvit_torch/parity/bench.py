@@ -33,10 +33,10 @@ Targets: NumPy <= 1.1 x torch port, torch port <= 1.0 x diffusers, NumPy peak me
 weights; for a training step (`--train`), NumPy <= 1.5 x torch.
 
 Whole pipelines (`--pipeline NAME`, the registry `PIPELINES`): one image with the NumPy pipeline,
-then with the torch one (each after a warm-up run), on one shared copy of random weights, with the
-time of every stage (aMUSEd: text encoder, transformer steps, VQ decode), the totals, and the peak
-resident memory of the process during each run. amused-256 targets: NumPy <= 1.2 x torch, and
-one NumPy image in under 2 minutes.
+then with the torch one (each after a one-step warm-up run), on one shared copy of random
+weights, with the time of every stage (aMUSEd: text encoder, transformer steps, VQ decode), the
+totals, and the peak resident memory of the process during each run. amused-256 targets:
+NumPy <= 1.2 x torch, and one NumPy image in under 2 minutes.
 """
 
 import argparse
@@ -380,9 +380,10 @@ def run_train(threads=None, repeats=7, batch=64, pause=0.25, out=None):
 @dataclass
 class PipelineBenchmark:
     """A registered pipeline benchmark. `build(seed)` returns (numpy_run, torch_run, label):
-    each run is a callable `run() -> (codes or None, images, stages)`, where `stages` is a dict
-    {stage name: seconds, or a list of seconds for a repeated stage such as the steps}, in the
-    order the stages ran; `label` describes the models in one line."""
+    each run is a callable `run(quick=False) -> (codes or None, images, stages)`, where `stages`
+    is a dict {stage name: seconds, or a list of seconds for a repeated stage such as the steps},
+    in the order the stages ran, and `quick=True` is a short warm-up run (one step); `label`
+    describes the models in one line."""
     description: str
     build: Callable
     targets: tuple = (1.2, 120.0)      # (NumPy / torch, seconds for one NumPy image)
@@ -440,11 +441,11 @@ def _amused_runs(ours, theirs, seed, steps=12, guidance=10.0,
                  prompt="a photo of a cat wearing a hat"):
     """The two runs of an aMUSEd pipeline benchmark: one image, the same seed."""
     def runner(pipe):
-        def run():
+        def run(quick=False):
             timings, codes = {}, []
             with torch.inference_mode():
                 images = pipe(prompt, seed=seed,
-                              num_inference_steps=steps, guidance_scale=guidance,
+                              num_inference_steps=1 if quick else steps, guidance_scale=guidance,
                               timings=timings,
                               callback=lambda step, c: codes.append(np.asarray(c))).images
             stages = {"text": timings["text"], "transformer steps": timings["steps"],
@@ -495,8 +496,8 @@ def _stage_seconds(value):
 
 def run_pipeline(name, threads=None, seed=0, warmup=True, out=None):
     """One image per package with the registered pipeline `name`, NumPy first, then torch (each
-    after a warm-up run when `warmup`); print each stage's time, the totals, the ratio and the
-    peak memory. Returns {"numpy": {stage: s, "total": s, "peak": bytes}, "torch": {...},
+    after a one-step warm-up run when `warmup`); print each stage's time, the totals, the ratio
+    and the peak memory. Returns {"numpy": {stage: s, "total": s, "peak": bytes}, "torch": {...},
     "ratio": ..., "codes_equal": bool, "max_rel": ...}."""
     out = sys.stdout if out is None else out
     if name not in PIPELINES:
@@ -512,7 +513,9 @@ def run_pipeline(name, threads=None, seed=0, warmup=True, out=None):
     results, outputs = {}, {}
     for package, run in (("numpy", numpy_run), ("torch", torch_run)):
         if warmup:
-            run()
+            print(f"{package}: warm-up (one step) ...", file=out, flush=True)
+            run(quick=True)
+        print(f"{package}: one image ...", file=out, flush=True)
         (codes, images, stages), peak, rss0 = _run_with_peak_memory(run)
         outputs[package] = (codes, images)
         row = {stage: _stage_seconds(v) for stage, v in stages.items()}
@@ -569,7 +572,7 @@ def main(argv=None):
                         help=f"time one image with a whole pipeline, NumPy against torch, stage "
                              f"by stage ({', '.join(sorted(PIPELINES))})")
     parser.add_argument("--no-warmup", action="store_true",
-                        help="--pipeline: time the first run (default: after a warm-up run)")
+                        help="--pipeline: no one-step warm-up run before each timed run")
     parser.add_argument("--train", action="store_true",
                         help="time one training step (forward, backward, AdamW) of the digit "
                              "U-ViT and the amused-digits UVit2DModel instead (batch 64)")
