@@ -482,12 +482,15 @@ PIPELINES = {
 
 
 def _run_with_peak_memory(run):
-    """(run's result, peak resident set in bytes during it or None, resident set before)."""
+    """(run's result, peak resident set in bytes during it or None, resident set before, CPU
+    seconds of the process during it)."""
     rss0 = _read_status("VmRSS")
     can_reset = _reset_peak_rss()
+    cpu0 = time.process_time()
     result = run()
+    cpu = time.process_time() - cpu0
     hwm = _read_status("VmHWM") if can_reset else None
-    return result, hwm, rss0
+    return result, hwm, rss0, cpu
 
 
 def _stage_seconds(value):
@@ -498,7 +501,8 @@ def run_pipeline(name, threads=None, seed=0, warmup=True, out=None):
     """One image per package with the registered pipeline `name`, NumPy first, then torch (each
     after a one-step warm-up run when `warmup`); print each stage's time, the totals, the ratio
     and the peak memory. Returns {"numpy": {stage: s, "total": s, "peak": bytes}, "torch": {...},
-    "ratio": ..., "codes_equal": bool, "max_rel": ...}."""
+    "ratio": ..., "codes_equal": bool, "max_rel": ...}. The process's CPU time of each run is
+    printed too: on a busy machine the wall times depend on the other jobs, the CPU time less."""
     out = sys.stdout if out is None else out
     if name not in PIPELINES:
         raise ValueError(f"--pipeline: expected one of {sorted(PIPELINES)}, got {name!r}")
@@ -516,14 +520,17 @@ def run_pipeline(name, threads=None, seed=0, warmup=True, out=None):
             print(f"{package}: warm-up (one step) ...", file=out, flush=True)
             run(quick=True)
         print(f"{package}: one image ...", file=out, flush=True)
-        (codes, images, stages), peak, rss0 = _run_with_peak_memory(run)
+        (codes, images, stages), peak, rss0, cpu = _run_with_peak_memory(run)
         outputs[package] = (codes, images)
         row = {stage: _stage_seconds(v) for stage, v in stages.items()}
         row["total"] = sum(row.values())
-        row["peak"], row["rss_before"] = peak, rss0
+        print(f"{package}: " + ", ".join(f"{k} {v:.2f} s" for k, v in row.items())
+              + f"; CPU time {cpu:.1f} s", file=out, flush=True)  # in case the rest never comes
+        row["peak"], row["rss_before"], row["cpu"] = peak, rss0, cpu
         row["steps"] = next((len(v) for v in stages.values() if isinstance(v, list)), None)
         results[package] = row
-    stages = [s for s in results["numpy"] if s not in ("total", "peak", "rss_before", "steps")]
+    extras = ("total", "peak", "rss_before", "steps", "cpu")
+    stages = [s for s in results["numpy"] if s not in extras]
     print(f"\n{'stage':<20} {'NumPy s':>9} {'torch s':>9} {'NumPy / torch':>14}", file=out)
     for stage in stages + ["total"]:
         a, b = results["numpy"][stage], results["torch"][stage]
@@ -532,6 +539,9 @@ def run_pipeline(name, threads=None, seed=0, warmup=True, out=None):
             n = results["numpy"]["steps"]
             extra = f"   ({n} steps: {a / n:.2f} s and {b / n:.2f} s per step)"
         print(f"{stage:<20} {a:9.2f} {b:9.2f} {a / b:14.2f}{extra}", file=out)
+    a, b = results["numpy"]["cpu"], results["torch"]["cpu"]
+    print(f"{'CPU time (process)':<20} {a:9.1f} {b:9.1f} {a / b:14.2f}   (all threads; busy-"
+          f"waiting BLAS/OpenMP threads count too)", file=out)
     ratio = results["numpy"]["total"] / results["torch"]["total"]
     limit_ratio, limit_seconds = bench.targets
     print(f"\nNumPy / torch, one image: {ratio:.2f}   {verdict(ratio, limit_ratio)}", file=out)
