@@ -7,13 +7,29 @@ own functions (they compute in float32, as diffusers' `AmusedScheduler`).
 import torch
 
 from uvit_numpy.checks import check_floating, check_integer, check_rank
-from uvit_numpy.maskgit import (decoding_temperatures, mask_schedule,  # noqa: F401
-                                masked_count)
+from uvit_numpy.maskgit import (decoding_temperatures, linspace_float32,  # noqa: F401
+                                mask_ratio, mask_schedule, masked_count, scheduler_temperatures)
 
 from . import functional as UF
 
-__all__ = ["mask_schedule", "masked_count", "decoding_temperatures", "gumbel_noise",
-           "masked_decoding_step", "generate"]
+__all__ = ["mask_schedule", "mask_ratio", "masked_count", "add_noise", "decoding_temperatures",
+           "linspace_float32", "scheduler_temperatures", "gumbel_noise", "masked_decoding_step",
+           "generate"]
+
+
+def add_noise(tokens, step, num_steps, mask_token_id, generator=None, schedule="cosine",
+              noise=None):
+    """Mask known tokens at random as much as step `step` of the schedule has (see
+    `uvit_numpy.maskgit.add_noise`): where u < mask_ratio(step), u (B, H*W) uniforms from
+    `generator` or given as `noise`. tokens (B, H, W) -> (B, H, W)."""
+    UF.check_tensor("add_noise: tokens", tokens)
+    check_integer("add_noise: tokens", tokens)
+    check_rank("add_noise: tokens", tokens, 3, "(B, H, W)")
+    B, H, W = tokens.shape
+    u = (torch.rand((B, H * W), generator=generator, dtype=torch.float64) if noise is None
+         else torch.as_tensor(noise))
+    masking = u.reshape(B, H, W) < float(mask_ratio(step, num_steps, schedule))
+    return torch.where(masking, mask_token_id, tokens)
 
 
 def gumbel_noise(u):
@@ -68,9 +84,11 @@ def masked_decoding_step(logits, tokens, step, num_steps, mask_token_id, tempera
 def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height, width,
              num_steps=12, temperature=(2.0, 0.0), mask_token_id=None, guidance_scale=0.0,
              negative_encoder_hidden_states=None, negative_pooled_text_emb=None, generator=None,
-             schedule="cosine", noise=None, return_history=False, callback=None):
-    """MaskGIT decoding from an all-mask grid (see `uvit_numpy.maskgit.generate`); callback is
-    called as `callback(step, tokens)` after every step."""
+             schedule="cosine", noise=None, return_history=False, tokens=None, start_step=0,
+             starting_mask_ratio=1.0, callback=None):
+    """MaskGIT decoding from an all-mask grid, or from `tokens` at `start_step` (see
+    `uvit_numpy.maskgit.generate`); callback is called as `callback(step, tokens)` after every
+    step."""
     for name, value in (("encoder_hidden_states", encoder_hidden_states),
                         ("pooled_text_emb", pooled_text_emb), ("micro_conds", micro_conds)):
         UF.check_tensor(f"generate: {name}", value)
@@ -78,9 +96,16 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
                     optional=True)
     UF.check_tensor("generate: negative_pooled_text_emb", negative_pooled_text_emb,
                     optional=True)
+    UF.check_tensor("generate: tokens", tokens, optional=True)
     B = encoder_hidden_states.shape[0]
     if mask_token_id is None:
         mask_token_id = model.config["vocab_size"] - 1
+    if not 0 <= start_step < num_steps:
+        raise ValueError(f"generate: expected 0 <= start_step < num_steps = {num_steps}, got "
+                         f"{start_step}")
+    if noise is not None and len(noise) != num_steps - start_step:
+        raise ValueError(f"generate: expected one (u_sample, u_gumbel) pair per step that runs, "
+                         f"{num_steps - start_step}, got {len(noise)}")
     temps = decoding_temperatures(temperature, num_steps)   # float32, as the scheduler's
     guided = guidance_scale > 1.0
     if guided:
@@ -92,9 +117,13 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
         mc = torch.cat([micro_conds, micro_conds])
     else:
         ehs, pooled, mc = encoder_hidden_states, pooled_text_emb, micro_conds
-    tokens = torch.full((B, height, width), mask_token_id, dtype=torch.long)
+    if tokens is None:
+        tokens = torch.full((B, height, width), mask_token_id, dtype=torch.long)
+    elif tuple(tokens.shape) != (B, height, width):
+        raise ValueError(f"generate: expected starting tokens of shape {(B, height, width)}, got "
+                         f"{tuple(tokens.shape)}")
     history = []
-    for step in range(num_steps):
+    for step in range(start_step, num_steps):
         model_in = torch.cat([tokens, tokens]) if guided else tokens
         logits = model(model_in, ehs, pooled, mc)
         if guided:
@@ -102,7 +131,8 @@ def generate(model, encoder_hidden_states, pooled_text_emb, micro_conds, height,
             logits = uncond + guidance_scale * (cond - uncond)
         tokens, _ = masked_decoding_step(
             logits, tokens, step, num_steps, mask_token_id, temperature=float(temps[step]),
-            generator=generator, schedule=schedule, noise=None if noise is None else noise[step])
+            generator=generator, schedule=schedule, starting_mask_ratio=starting_mask_ratio,
+            noise=None if noise is None else noise[step - start_step])
         history.append(tokens)
         if callback is not None:
             callback(step, tokens)

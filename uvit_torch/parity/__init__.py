@@ -91,7 +91,7 @@ def all_cases(against_diffusers=False, config=None):
 
 
 # Modules that add cases (each defines `cases()`); the models register here.
-PARITY_MODULES = ["uvit", "uvit2d", "schedulers", "clip", "vae"]
+PARITY_MODULES = ["uvit", "uvit2d", "schedulers", "clip", "vae", "amused"]
 
 
 def format_table(rows, labels=("numpy ms", "torch ms"), timings=True):

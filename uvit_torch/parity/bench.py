@@ -5,6 +5,7 @@ training step of the two digit models in NumPy and in torch.
     python -m uvit_torch.bench --threads 2 --repeats 7
     python -m uvit_torch.bench --config tiny --grid 8 --no-diffusers
     python -m uvit_torch.bench --train    # one training step, NumPy vs torch (target <= 1.5)
+    python -m uvit_torch.bench --pipeline amused-256 --threads 2   # one image, stage by stage
 
 A figure over its target is marked MISSED in the report (the exit status stays 0: this is a
 measurement, not a test); the first lines name the machine, since the ratios depend on the CPU.
@@ -33,6 +34,12 @@ the same forward (after resetting the high-water mark) is printed as a cross-che
 
 Targets: NumPy <= 1.1 x torch port, torch port <= 1.0 x diffusers, NumPy peak memory <= 1.5 x the
 weights; for a training step (`--train`), NumPy <= 1.5 x torch.
+
+Whole pipelines (`--pipeline NAME`, the registry `PIPELINES`): one image with the NumPy pipeline,
+then with the torch one (each after a one-step warm-up run), on one shared copy of random
+weights, with the time of every stage (aMUSEd: text encoder, transformer steps, VQ decode), the
+totals, and the peak resident memory of the process during each run. amused-256 targets:
+NumPy <= 1.2 x torch, and one NumPy image in under 2 minutes.
 """
 
 import argparse
@@ -42,6 +49,8 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -355,6 +364,196 @@ FORWARD_ONLY = {"config": "amused-256", "grid": 16, "text_len": 77, "no_diffuser
                 "no_memory": False}                  # options of the forward benchmark only
 
 
+# --------------------------------------------------------------------------------------------------
+# Whole pipelines: one image, NumPy against torch, stage by stage (`--pipeline NAME`)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class PipelineBenchmark:
+    """A registered pipeline benchmark. `build(seed)` returns (numpy_run, torch_run, label):
+    each run is a callable `run(quick=False) -> (codes or None, images, stages)`, where `stages`
+    is a dict {stage name: seconds, or a list of seconds for a repeated stage such as the steps},
+    in the order the stages ran, and `quick=True` is a short warm-up run (one step); `label`
+    describes the models in one line."""
+    description: str
+    build: Callable
+    targets: tuple = (1.2, 120.0)      # (NumPy / torch, seconds for one NumPy image)
+
+
+def _amused_stand_in_tokenizer(max_length=77, bos=49406, eos=49407):
+    """A byte-level CLIP tokenizer with CLIP's special ids (OpenAI's merges may not be on this
+    machine; tokenizing takes microseconds either way)."""
+    from uvit_numpy import clip_tokenizer as CT
+    chars = list(CT.BYTE_TO_CHAR.values())
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(chars + [c + CT.END_OF_WORD
+                                                               for c in chars]))}
+    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
+    return vocab, []
+
+
+def _amused_pipelines(seed, text="clip-vit-large-patch14", transformer="amused-256",
+                      vq="amused"):
+    """(NumPy AmusedPipeline, torch AmusedPipeline) on one copy of random float32 weights at the
+    named sizes: the NumPy models own the arrays, the torch twins (built on the meta device)
+    take them as their parameters."""
+    import uvit_numpy.amused_pipeline as NP
+    import uvit_numpy.clip as NC
+    import uvit_numpy.vq_model as NQ
+
+    from .. import amused_pipeline as TP
+    from .. import clip as TC
+    from .. import vq_model as TQ
+    from ..clip_tokenizer import CLIPTokenizer
+    n_text = NC.CLIPTextModelWithProjection(text, rng=seed).eval()
+    n_transformer = N.UVit2DModel.from_config(transformer, rng=seed + 1).eval()
+    n_vq = NQ.VQModel.from_config(vq, rng=seed + 2).eval()
+    config = n_text.config
+    vocab, merges = _amused_stand_in_tokenizer(config.max_position_embeddings,
+                                               config.bos_token_id, config.eos_token_id)
+    scheduler = NP.AmusedScheduler(n_transformer.config["vocab_size"] - 1)
+    ours = NP.AmusedPipeline(n_vq, CLIPTokenizer(vocab, merges, model_max_length=77),
+                             n_text, n_transformer, scheduler)
+
+    def twin(numpy_model, make):
+        with torch.device("meta"):
+            model = make()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in
+                               numpy_model.state_dict().items()}, assign=True)
+        return model.eval()
+    theirs = TP.AmusedPipeline(
+        twin(n_vq, lambda: TQ.VQModel.from_config(vq)),
+        CLIPTokenizer(vocab, merges, model_max_length=77),
+        twin(n_text, lambda: TC.CLIPTextModelWithProjection(text)),
+        twin(n_transformer, lambda: T.UVit2DModel.from_config(transformer)), scheduler)
+    return ours, theirs
+
+
+def _amused_runs(ours, theirs, seed, steps=12, guidance=10.0,
+                 prompt="a photo of a cat wearing a hat"):
+    """The two runs of an aMUSEd pipeline benchmark: one image, the same seed."""
+    def runner(pipe):
+        def run(quick=False):
+            timings, codes = {}, []
+            with torch.inference_mode():
+                images = pipe(prompt, seed=seed,
+                              num_inference_steps=1 if quick else steps, guidance_scale=guidance,
+                              timings=timings,
+                              callback=lambda step, c: codes.append(np.asarray(c))).images
+            stages = {"text": timings["text"], "transformer steps": timings["steps"],
+                      "VQ decode": timings["decode"]}
+            return codes[-1], images, stages
+        return run
+    return runner(ours), runner(theirs)
+
+
+def _build_amused_256(seed):
+    ours, theirs = _amused_pipelines(seed)
+    n = sum(sum(p.size for p in m.parameters())
+            for m in (ours.text_encoder, ours.transformer, ours.vqvae))
+    label = (f"aMUSEd-256 on random weights: CLIP-L/14 text tower with projection, UVit2DModel "
+             f"amused-256, VQModel 'amused' ({n:,} parameters, float32); one 256x256 image, "
+             f"12 steps, guidance 10")
+    return (*_amused_runs(ours, theirs, seed), label)
+
+
+def _build_amused_tiny(seed):
+    from .amused import pipeline_pair
+    ours, theirs = pipeline_pair("text2img", np.float32, seed)
+    return (*_amused_runs(ours, theirs, seed, steps=3, guidance=3.0, prompt="a cat"),
+            "aMUSEd tiny parts (tests): one 16x16 image, 3 steps")
+
+
+# name -> benchmark; another pipeline registers here with its own build(seed)
+PIPELINES = {
+    "amused-256": PipelineBenchmark("aMUSEd 256x256 at the real sizes, random weights",
+                                    _build_amused_256),
+    "amused-tiny": PipelineBenchmark("aMUSEd's tiny test parts (a smoke test of this code)",
+                                     _build_amused_tiny),
+}
+
+
+def _run_with_peak_memory(run):
+    """(run's result, peak resident set in bytes during it or None, resident set before, CPU
+    seconds of the process during it)."""
+    rss0 = _read_status("VmRSS")
+    can_reset = _reset_peak_rss()
+    cpu0 = time.process_time()
+    result = run()
+    cpu = time.process_time() - cpu0
+    hwm = _read_status("VmHWM") if can_reset else None
+    return result, hwm, rss0, cpu
+
+
+def _stage_seconds(value):
+    return sum(value) if isinstance(value, list) else value
+
+
+def run_pipeline(name, threads=None, seed=0, warmup=True, out=None):
+    """One image per package with the registered pipeline `name`, NumPy first, then torch (each
+    after a one-step warm-up run when `warmup`); print each stage's time, the totals, the ratio
+    and the peak memory. Returns {"numpy": {stage: s, "total": s, "peak": bytes}, "torch": {...},
+    "ratio": ..., "codes_equal": bool, "max_rel": ...}. The process's CPU time of each run is
+    printed too: on a busy machine the wall times depend on the other jobs, the CPU time less."""
+    out = sys.stdout if out is None else out
+    if name not in PIPELINES:
+        raise ValueError(f"--pipeline: expected one of {sorted(PIPELINES)}, got {name!r}")
+    if threads:
+        set_threads(threads)
+    bench = PIPELINES[name]
+    start = time.perf_counter()
+    numpy_run, torch_run, label = bench.build(seed)
+    print(label, file=out)
+    print(f"built in {time.perf_counter() - start:.1f} s", file=out)
+    print(machine(), file=out)
+    results, outputs = {}, {}
+    for package, run in (("numpy", numpy_run), ("torch", torch_run)):
+        if warmup:
+            print(f"{package}: warm-up (one step) ...", file=out, flush=True)
+            run(quick=True)
+        print(f"{package}: one image ...", file=out, flush=True)
+        (codes, images, stages), peak, rss0, cpu = _run_with_peak_memory(run)
+        outputs[package] = (codes, images)
+        row = {stage: _stage_seconds(v) for stage, v in stages.items()}
+        row["total"] = sum(row.values())
+        print(f"{package}: " + ", ".join(f"{k} {v:.2f} s" for k, v in row.items())
+              + f"; CPU time {cpu:.1f} s", file=out, flush=True)  # in case the rest never comes
+        row["peak"], row["rss_before"], row["cpu"] = peak, rss0, cpu
+        row["steps"] = next((len(v) for v in stages.values() if isinstance(v, list)), None)
+        results[package] = row
+    extras = ("total", "peak", "rss_before", "steps", "cpu")
+    stages = [s for s in results["numpy"] if s not in extras]
+    print(f"\n{'stage':<20} {'NumPy s':>9} {'torch s':>9} {'NumPy / torch':>14}", file=out)
+    for stage in stages + ["total"]:
+        a, b = results["numpy"][stage], results["torch"][stage]
+        extra = ""
+        if stage != "total" and results["numpy"]["steps"] and stage == "transformer steps":
+            n = results["numpy"]["steps"]
+            extra = f"   ({n} steps: {a / n:.2f} s and {b / n:.2f} s per step)"
+        print(f"{stage:<20} {a:9.2f} {b:9.2f} {a / b:14.2f}{extra}", file=out)
+    a, b = results["numpy"]["cpu"], results["torch"]["cpu"]
+    print(f"{'CPU time (process)':<20} {a:9.1f} {b:9.1f} {a / b:14.2f}   (all threads; busy-"
+          f"waiting BLAS/OpenMP threads count too)", file=out)
+    ratio = results["numpy"]["total"] / results["torch"]["total"]
+    limit_ratio, limit_seconds = bench.targets
+    print(f"\nNumPy / torch, one image: {ratio:.2f}   {verdict(ratio, limit_ratio)}", file=out)
+    print(f"NumPy, one image: {results['numpy']['total']:.1f} s   "
+          f"{verdict(results['numpy']['total'], limit_seconds)}", file=out)
+    for package in ("numpy", "torch"):
+        peak, rss0 = results[package]["peak"], results[package]["rss_before"]
+        if peak is None:
+            print(f"peak memory ({package}): not measurable here (no /proc/self/clear_refs)",
+                  file=out)
+        else:
+            print(f"peak memory ({package} run): {peak / 2**30:.2f} GiB resident (the process, "
+                  f"one shared copy of the weights included), {(peak - rss0) / 2**30:.2f} GiB "
+                  f"over its start", file=out)
+    (codes_a, images_a), (codes_b, images_b) = outputs["numpy"], outputs["torch"]
+    codes_equal = codes_a is not None and np.array_equal(codes_a, codes_b)
+    max_rel = compare("", images_a, images_b).max_rel
+    print(f"NumPy vs torch: codes {'identical' if codes_equal else 'DIFFERENT'}, images "
+          f"{max_rel:.1e} relative", file=out)
+    return {**results, "ratio": ratio, "codes_equal": codes_equal, "max_rel": max_rel}
+
+
 def main(argv=None):
     parser = ArgumentParser(prog="python -m uvit_torch.bench", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -375,10 +574,18 @@ def main(argv=None):
                         help="skip the memory measurement")
     parser.add_argument("--pause", type=non_negative_float, default=0.25,
                         help="seconds of idle before each timed forward (default 0.25)")
+    parser.add_argument("--pipeline", metavar="NAME", default=None, choices=sorted(PIPELINES),
+                        help=f"time one image with a whole pipeline, NumPy against torch, stage "
+                             f"by stage ({', '.join(sorted(PIPELINES))})")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="--pipeline: no one-step warm-up run before each timed run")
     parser.add_argument("--train", action="store_true",
                         help="time one training step (forward, backward, AdamW) of the digit "
                              "U-ViT and the amused-digits UVit2DModel instead (batch 64)")
     args = parser.parse_args(argv)
+    if args.pipeline:
+        run_pipeline(args.pipeline, args.threads, warmup=not args.no_warmup)
+        return 0
     threads = args.threads or torch.get_num_threads()
     if args.train:
         given = [f"--{k.replace('_', '-')}" for k in FORWARD_ONLY if getattr(args, k) is not None]
