@@ -5,6 +5,7 @@ training step of the two digit models in NumPy and in torch.
     python -m uvit_torch.bench --threads 2 --repeats 7
     python -m uvit_torch.bench --config tiny --grid 8 --no-diffusers
     python -m uvit_torch.bench --train    # one training step, NumPy vs torch (target <= 1.5)
+    python -m uvit_torch.bench --pipeline imagenet256_uvit_huge   # a whole picture (PIPELINES)
 
 A figure over its target is marked MISSED in the report (the exit status stays 0: this is a
 measurement, not a test); the first lines name the machine, since the ratios depend on the CPU.
@@ -365,6 +366,22 @@ def run_train(threads=None, repeats=7, batch=64, pause=0.25, out=None):
     return results
 
 
+# --------------------------------------------------------------------------------------------------
+# Pipeline benchmarks (`--pipeline NAME`): whole pictures, stage by stage, NumPy against torch
+# --------------------------------------------------------------------------------------------------
+def _uvit_pipeline(name):
+    def run(args):
+        from .bench_uvit_pipeline import run_from_args
+        return run_from_args(name, args)
+    return run
+
+
+PIPELINES = {
+    "imagenet256_uvit_huge": _uvit_pipeline("imagenet256_uvit_huge"),  # bench_uvit_pipeline.py
+}
+"""`--pipeline NAME` -> a function of the parsed arguments that runs it and prints its report."""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m uvit_torch.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -382,7 +399,14 @@ def main(argv=None):
     parser.add_argument("--train", action="store_true",
                         help="time one training step (forward, backward, AdamW) of the digit "
                              "U-ViT and the amused-digits UVit2DModel instead (batch 64)")
+    parser.add_argument("--pipeline", choices=sorted(PIPELINES),
+                        help="time a whole pipeline instead, stage by stage (see PIPELINES)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="--pipeline: sampling steps (default: the pipeline's own)")
     args = parser.parse_args(argv)
+    if args.pipeline:
+        PIPELINES[args.pipeline](args)
+        return 0
     if args.train:
         run_train(args.threads, max(args.repeats, 3), 64 if args.batch == 1 else args.batch,
                   args.pause)
