@@ -121,46 +121,7 @@ PIPELINE_CONFIGS = {
 
 
 # --------------------------------------------------------------------------------------------------
-# 3. The sampler's schedule: Stable Diffusion's betas, as the paper's scripts build them
-# --------------------------------------------------------------------------------------------------
-def stable_diffusion_beta_schedule(linear_start=0.00085, linear_end=0.0120,
-                                   n_timestep=NUM_TRAIN_TIMESTEPS):
-    """The paper's `stable_diffusion_beta_schedule`: betas (N,) float64, uniform in sqrt(beta):
-    beta_n = (sqrt(start) + (n - 1) (sqrt(end) - sqrt(start)) / (N - 1))^2, n = 1 .. N.
-
-    (np.linspace and the paper's torch.linspace round a quarter of these float64 values
-    differently, by one ulp; rounded to float32, as the paper hands them to the sampler, they are
-    the same numbers.)"""
-    return np.linspace(linear_start ** 0.5, linear_end ** 0.5, n_timestep, dtype=np.float64) ** 2
-
-
-def noise_schedule(betas=None):
-    """The sampler's schedule: `NoiseScheduleVP('discrete')` over the betas (N,) (Stable
-    Diffusion's by default) rounded to float32, as the paper hands them over
-    (`torch.tensor(_betas).float()`), but held in float64, so that log alpha_n =
-    1/2 sum_{i <= n} log(1 - beta_i) is summed in float64.
-
-    Why: the paper's float32 table is summed in float32, and how depends on the device (torch's
-    CPU cumsum accumulates in double, its CUDA one in float32, NumPy's in float32): the three
-    tables differ by up to 2e-6, which moves a sample by ~1e-6. Summed in float64, both packages
-    hold the same table to float64 rounding, within 1e-7 of any of those."""
-    betas = stable_diffusion_beta_schedule() if betas is None else np.asarray(betas)
-    return NoiseScheduleVP("discrete", betas=betas.astype(np.float32).astype(np.float64))
-
-
-# --------------------------------------------------------------------------------------------------
-# 2. The starting noise
-# --------------------------------------------------------------------------------------------------
-def initial_latents(seed, batch, latent_shape, dtype=np.float32):
-    """z ~ N(0, I): (B, C, h, w) in `dtype`, drawn as float64 from `np.random.default_rng(seed)`
-    in C order (all of sample 0 first) and rounded once. Both packages use this draw.
-    latent_shape: (C, h, w)."""
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((batch, *latent_shape)).astype(dtype)   # (B, C, h, w)
-
-
-# --------------------------------------------------------------------------------------------------
-# 1. Conditions and classifier-free guidance (the paper's `cfg_nnet`)
+# 1. Conditions, classifier-free guidance (the paper's `cfg_nnet`) and the time the network sees
 # --------------------------------------------------------------------------------------------------
 def guidance(cond, uncond, scale):
     """The paper's guided prediction: cond + s (cond - uncond), written as its code writes it
@@ -215,8 +176,63 @@ def discrete_model_fn(cfg_nnet, num_train_timesteps=NUM_TRAIN_TIMESTEPS):
 
 
 # --------------------------------------------------------------------------------------------------
-# 3. Sampling
+# 1. Text conditions: the paper's FrozenCLIPEmbedder
 # --------------------------------------------------------------------------------------------------
+def encode_prompts(text_encoder, tokenizer, prompts, max_length=77):
+    """The paper's `FrozenCLIPEmbedder.encode`: prompts (a list of B strings) -> CLIP's last
+    hidden state (B, S, hidden_size), S = max_length. Tokens truncated and padded to max_length
+    (CLIP pads with its end-of-text token), no attention mask (the attention is causal, so the
+    padding changes no feature before it)."""
+    ids = tokenizer(list(prompts), truncation=True, max_length=max_length, padding="max_length",
+                    return_tensors="np").input_ids           # (B, S) int64
+    return text_encoder(ids).last_hidden_state               # (B, S, hidden_size)
+
+
+def empty_context(text_encoder, tokenizer, max_length=77):
+    """The context of the empty prompt (S, hidden_size), as `scripts/extract_empty_feature.py`
+    makes it: `encode([''])[0]`, the empty prompt on its own."""
+    return encode_prompts(text_encoder, tokenizer, [""], max_length)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. The starting noise
+# --------------------------------------------------------------------------------------------------
+def initial_latents(seed, batch, latent_shape, dtype=np.float32):
+    """z ~ N(0, I): (B, C, h, w) in `dtype`, drawn as float64 from `np.random.default_rng(seed)`
+    in C order (all of sample 0 first) and rounded once. Both packages use this draw.
+    latent_shape: (C, h, w)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, *latent_shape)).astype(dtype)   # (B, C, h, w)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Sampling: Stable Diffusion's betas, as the paper's scripts build them, and DPM-Solver++
+# --------------------------------------------------------------------------------------------------
+def stable_diffusion_beta_schedule(linear_start=0.00085, linear_end=0.0120,
+                                   n_timestep=NUM_TRAIN_TIMESTEPS):
+    """The paper's `stable_diffusion_beta_schedule`: betas (N,) float64, uniform in sqrt(beta):
+    beta_n = (sqrt(start) + (n - 1) (sqrt(end) - sqrt(start)) / (N - 1))^2, n = 1 .. N.
+
+    (np.linspace and the paper's torch.linspace round a quarter of these float64 values
+    differently, by one ulp; rounded to float32, as the paper hands them to the sampler, they are
+    the same numbers.)"""
+    return np.linspace(linear_start ** 0.5, linear_end ** 0.5, n_timestep, dtype=np.float64) ** 2
+
+
+def noise_schedule(betas=None):
+    """The sampler's schedule: `NoiseScheduleVP('discrete')` over the betas (N,) (Stable
+    Diffusion's by default) rounded to float32, as the paper hands them over
+    (`torch.tensor(_betas).float()`), but held in float64, so that log alpha_n =
+    1/2 sum_{i <= n} log(1 - beta_i) is summed in float64.
+
+    Why: the paper's float32 table is summed in float32, and how depends on the device (torch's
+    CPU cumsum accumulates in double, its CUDA one in float32, NumPy's in float32): the three
+    tables differ by up to 2e-6, which moves a sample by ~1e-6. Summed in float64, both packages
+    hold the same table to float64 rounding, within 1e-7 of any of those."""
+    betas = stable_diffusion_beta_schedule() if betas is None else np.asarray(betas)
+    return NoiseScheduleVP("discrete", betas=betas.astype(np.float32).astype(np.float64))
+
+
 def sample_latents(model_fn, z_init, steps=50, schedule=None):
     """DPM-Solver++ from z_init (B, C, h, w) at t = 1 to t = 1/N, as the paper's scripts call it
     (the arguments it leaves at their defaults are written out). Returns (B, C, h, w).
@@ -246,25 +262,6 @@ def save_png(path, pixels):
     """Write one (H, W, 3) uint8 picture as a PNG (Pillow, which matplotlib brings)."""
     from PIL import Image
     Image.fromarray(pixels).save(path, format="PNG")
-
-
-# --------------------------------------------------------------------------------------------------
-# 1. Text: the paper's FrozenCLIPEmbedder
-# --------------------------------------------------------------------------------------------------
-def encode_prompts(text_encoder, tokenizer, prompts, max_length=77):
-    """The paper's `FrozenCLIPEmbedder.encode`: prompts (a list of B strings) -> CLIP's last
-    hidden state (B, S, hidden_size), S = max_length. Tokens truncated and padded to max_length
-    (CLIP pads with its end-of-text token), no attention mask (the attention is causal, so the
-    padding changes no feature before it)."""
-    ids = tokenizer(list(prompts), truncation=True, max_length=max_length, padding="max_length",
-                    return_tensors="np").input_ids           # (B, S) int64
-    return text_encoder(ids).last_hidden_state               # (B, S, hidden_size)
-
-
-def empty_context(text_encoder, tokenizer, max_length=77):
-    """The context of the empty prompt (S, hidden_size), as `scripts/extract_empty_feature.py`
-    makes it: `encode([''])[0]`, the empty prompt on its own."""
-    return encode_prompts(text_encoder, tokenizer, [""], max_length)[0]
 
 
 # --------------------------------------------------------------------------------------------------

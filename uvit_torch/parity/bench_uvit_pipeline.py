@@ -13,12 +13,13 @@ take the NumPy arrays as their parameters), so two pipelines cost the memory of 
 
 The stages, each timed in both packages in turn (the order alternating from round to round, a
 pause before each run, as `bench.run` does, so that machine load and idle BLAS threads hit both
-alike):
+alike; the first round counts, the median absorbs it):
 
     guided evaluation   one model evaluation: the conditional and the null-class forward and the
-                        guidance, the unit of sampling (median of `--repeats` rounds)
+                        guidance, the unit of sampling (median of `--repeats` rounds, at n = 500)
     sampling            the whole solver loop over `--steps` evaluations (once per package)
-    decode              latents -> picture through the autoencoder's decoder (median of rounds)
+    decode              latents -> picture through the autoencoder's decoder (median of
+                        `--repeats` - 1 rounds, at least one)
 
 The total is sampling + decode. With fewer than 50 steps the report also extrapolates the 50-step
 total as decode + (50 / steps) x sampling, and says so: every evaluation costs the same (the
@@ -112,110 +113,96 @@ def _numpy_peak(fn):
 def run_pipeline(name="imagenet256_uvit_huge", threads=None, steps=PAPER_STEPS, repeats=3,
                  label=207, seed=0, pause=0.25, memory=True, nnet_config=None, ddconfig=None,
                  out=None):
-    """Run the benchmark, print the report (to `out`, standard output by default) and return
-    its figures: per stage and package the seconds ("numpy"/"torch" dicts), the ratios, the
-    totals (and the 50-step extrapolation), the memory and the parity of the two pictures."""
+    """Run the benchmark, print the report (to `out`, standard output by default; each stage's
+    line as soon as it is measured) and return its figures: per stage and package the median
+    seconds, the ratios, the totals (and the 50-step extrapolation), the memory and the parity
+    of the two pictures."""
     out = sys.stdout if out is None else out
+
+    def say(text=""):
+        print(text, file=out, flush=True)
+
     if threads:
         set_threads(threads)
     tic = time.perf_counter()
     ours, theirs = build_pipelines(name, nnet_config, ddconfig, seed)
-    built = time.perf_counter() - tic
-    n_params = ours.nnet.num_parameters()
-    ae_params = ours.autoencoder.num_parameters()
     weight_bytes = sum(p.nbytes for p in ours.nnet.parameters()) + \
         sum(p.nbytes for p in ours.autoencoder.parameters())
     C, h, w = ours.latent_shape
     scale = ours.guidance_scale
-    print(f"U-ViT pipeline {name}: U-ViT {n_params:,} + autoencoder {ae_params:,} parameters "
-          f"({weight_bytes / 2**30:.2f} GiB float32, one copy shared by both packages), random "
-          f"weights, built in {built:.0f} s", file=out)
-    print(f"one picture of class {label}: latents {C}x{h}x{w}, guidance s = {scale} (two "
-          f"forwards per evaluation), DPM-Solver++ fast, {steps} steps", file=out)
-    print(machine(), file=out)
+    say(f"U-ViT pipeline {name}: U-ViT {ours.nnet.num_parameters():,} + autoencoder "
+        f"{ours.autoencoder.num_parameters():,} parameters ({weight_bytes / 2**30:.2f} GiB "
+        f"float32, one copy shared by both packages), random weights, built in "
+        f"{time.perf_counter() - tic:.0f} s")
+    say(f"one picture of class {label}: latents {C}x{h}x{w}, guidance s = {scale} (two forwards "
+        f"per evaluation), DPM-Solver++ fast, {steps} steps")
+    say(machine())
+    say(f"\n  {'stage':<26}{'NumPy':>10}{'torch':>10}   NumPy / torch")
 
-    labels = np.array([label])
-    z = NP.initial_latents(seed, 1, ours.latent_shape)                 # (1, C, h, w) float32
+    labels, z = np.array([label]), NP.initial_latents(seed, 1, ours.latent_shape)  # (1, C, h, w)
     t_labels, t_z = torch.from_numpy(labels), torch.from_numpy(z)
-    t_half = torch.full((1,), 500.0)
     n_eval = NP.discrete_model_fn(NP.class_cfg_nnet(ours.nnet, labels, scale))
-    with torch.inference_mode():
-        t_eval = NP.discrete_model_fn(TP.class_cfg_nnet(theirs.nnet, t_labels, scale))
-    stages = {
-        "guided evaluation": {"numpy": lambda: n_eval(z, np.full(1, 0.5, np.float32)),
-                              "torch": lambda: _inference(t_eval, t_z, t_half / 1000)},
+    t_eval = NP.discrete_model_fn(TP.class_cfg_nnet(theirs.nnet, t_labels, scale))
+    half = np.full(1, 0.5, np.float32)                                  # t = 1/2: n = 500
+    results = {"numpy": {}, "torch": {}}                                # stage -> output
+    runs = {
+        "guided evaluation": {"numpy": lambda: n_eval(z, half),
+                              "torch": lambda: _inference(t_eval, t_z, torch.from_numpy(half))},
+        "sampling": {"numpy": lambda: ours.sample(labels, z_init=z, steps=steps),
+                     "torch": lambda: theirs.sample(t_labels, z_init=t_z.clone(), steps=steps)},
+        "decode": {"numpy": lambda: ours.decode(results["numpy"]["sampling"]),
+                   "torch": lambda: theirs.decode(results["torch"]["sampling"])},
     }
-    times = {stage: {"numpy": [], "torch": []} for stage in ("guided evaluation", "sampling",
-                                                             "decode")}
-    growth = {}
-    for pkg, fn in stages["guided evaluation"].items():                 # warm-up
-        fn()
-    for r in range(repeats):
-        for pkg in _order(r):
-            time.sleep(pause)
-            times["guided evaluation"][pkg].append(_timed(stages["guided evaluation"][pkg])[1])
-    latents = {}
-    samplers = {"numpy": lambda: ours.sample(labels, z_init=z, steps=steps),
-                "torch": lambda: theirs.sample(t_labels, z_init=t_z.clone(), steps=steps)}
-    for pkg in _order(0):
-        time.sleep(pause)
-        latents[pkg], seconds, growth[pkg, "sampling"] = _rss_growth(samplers[pkg])
-        times["sampling"][pkg].append(seconds)
-    decoders = {"numpy": lambda: ours.decode(latents["numpy"]),
-                "torch": lambda: theirs.decode(latents["torch"])}
-    images, decode_growth = {}, {"numpy": [], "torch": []}
-    for r in range(max(1, repeats - 1)):
-        for pkg in _order(r + 1):
-            time.sleep(pause)
-            images[pkg], seconds, g = _rss_growth(decoders[pkg])
-            times["decode"][pkg].append(seconds)
-            decode_growth[pkg].append(g)
-    for pkg, gs in decode_growth.items():
-        growth[pkg, "decode"] = None if None in gs else max(gs)
-
-    med = {stage: {pkg: statistics.median(ts) for pkg, ts in by.items()}
-           for stage, by in times.items()}
-    res = {"stages": med, "built_seconds": built, "steps": steps, "threads": threads,
-           "weight_bytes": weight_bytes}
-    print(f"\n  {'stage':<26}{'NumPy':>10}{'torch':>10}   NumPy / torch", file=out)
-    for stage, by in med.items():
-        ratio = by["numpy"] / by["torch"]
-        res[f"{stage} ratio"] = ratio
-        note = {"guided evaluation": f"median of {repeats}", "sampling": f"{steps} evaluations",
-                "decode": f"median of {len(times['decode']['numpy'])}"}[stage]
-        print(f"  {stage:<26}{by['numpy']:9.2f}s{by['torch']:9.2f}s   {ratio:.3f}   ({note})",
-              file=out)
+    rounds = {"guided evaluation": repeats, "sampling": 1, "decode": max(1, repeats - 1)}
+    notes = {"guided evaluation": f"median of {repeats}", "sampling": f"{steps} evaluations",
+             "decode": f"median of {rounds['decode']}"}
+    med, growth, res = {}, {}, {"steps": steps, "threads": threads, "weight_bytes": weight_bytes}
+    for stage, by in runs.items():
+        times = {"numpy": [], "torch": []}
+        for r in range(rounds[stage]):
+            for pkg in _order(r):
+                time.sleep(pause)
+                results[pkg][stage], seconds, g = _rss_growth(by[pkg])
+                times[pkg].append(seconds)
+                growth[pkg, stage] = g if r == 0 or g is None else max(g, growth[pkg, stage])
+        med[stage] = {pkg: statistics.median(ts) for pkg, ts in times.items()}
+        res[f"{stage} ratio"] = med[stage]["numpy"] / med[stage]["torch"]
+        say(f"  {stage:<26}{med[stage]['numpy']:9.2f}s{med[stage]['torch']:9.2f}s   "
+            f"{res[stage + ' ratio']:.3f}   ({notes[stage]})")
+    res["stages"] = med
     total = {pkg: med["sampling"][pkg] + med["decode"][pkg] for pkg in ("numpy", "torch")}
     res["total"], res["total ratio"] = total, total["numpy"] / total["torch"]
-    print(f"  {'total (sampling + decode)':<26}{total['numpy']:9.2f}s{total['torch']:9.2f}s   "
-          f"{res['total ratio']:.3f}   {verdict(res['total ratio'], TARGET)}", file=out)
+    say(f"  {'total (sampling + decode)':<26}{total['numpy']:9.2f}s{total['torch']:9.2f}s   "
+        f"{res['total ratio']:.3f}   {verdict(res['total ratio'], TARGET)}")
     if steps != PAPER_STEPS:
         factor = PAPER_STEPS / steps
         paper = {pkg: med["decode"][pkg] + factor * med["sampling"][pkg]
                  for pkg in ("numpy", "torch")}
         res["total at 50 steps (extrapolated)"] = paper
-        res["total at 50 steps ratio"] = paper["numpy"] / paper["torch"]
-        print(f"  {'50 steps, extrapolated':<26}{paper['numpy']:9.1f}s{paper['torch']:9.1f}s   "
-              f"{res['total at 50 steps ratio']:.3f}   (decode + {factor:.3g} x the sampling "
-              f"measured over {steps} steps)", file=out)
+        ratio = res["total at 50 steps ratio"] = paper["numpy"] / paper["torch"]
+        say(f"  {'50 steps, extrapolated':<26}{paper['numpy']:9.1f}s{paper['torch']:9.1f}s   "
+            f"{ratio:.3f}   {verdict(ratio, TARGET)}\n  (extrapolated: decode + {factor:.3g} x "
+            f"the sampling measured over {steps} steps; every evaluation has the same shapes)")
 
+    res["latents rel error"] = compare("", results["numpy"]["sampling"],
+                                       results["torch"]["sampling"]).max_rel
+    res["images rel error"] = compare("", results["numpy"]["decode"],
+                                      results["torch"]["decode"]).max_rel
+    say(f"\nparity (float32), NumPy against torch: latents {res['latents rel error']:.1e}, "
+        f"picture {res['images rel error']:.1e} relative")
     if memory:
         res["peak growth"] = {f"{pkg} {stage}": g for (pkg, stage), g in growth.items()}
-        print(f"\nmemory: weights {weight_bytes / 2**20:,.0f} MiB (one copy, shared)", file=out)
+        say(f"\nmemory: weights {weight_bytes / 2**20:,.0f} MiB (one copy, shared)")
         if all(g is not None for g in growth.values()):
-            print("  peak resident set growth during the stage, on top of the weights: "
-                  + ", ".join(f"{pkg} {stage} {g / 2**20:,.0f} MiB"
-                              for (pkg, stage), g in growth.items()), file=out)
-        res["numpy evaluation peak"] = _numpy_peak(stages["guided evaluation"]["numpy"])
-        res["numpy decode peak"] = _numpy_peak(decoders["numpy"])
-        print(f"  NumPy's own allocations at their peak (tracemalloc): one guided evaluation "
-              f"{res['numpy evaluation peak'] / 2**20:,.1f} MiB, decode "
-              f"{res['numpy decode peak'] / 2**20:,.1f} MiB", file=out)
-
-    res["latents rel error"] = compare("latents", latents["numpy"], latents["torch"]).max_rel
-    res["images rel error"] = compare("images", images["numpy"], images["torch"]).max_rel
-    print(f"\nparity (float32): latents {res['latents rel error']:.1e}, picture "
-          f"{res['images rel error']:.1e} relative, NumPy against torch", file=out)
+            for pkg in ("numpy", "torch"):
+                say(f"  {pkg}: peak resident set growth during each stage, on top of the "
+                    f"weights: " + ", ".join(f"{stage} {growth[pkg, stage] / 2**20:,.0f} MiB"
+                                             for stage in runs))
+        res["numpy evaluation peak"] = _numpy_peak(runs["guided evaluation"]["numpy"])
+        res["numpy decode peak"] = _numpy_peak(runs["decode"]["numpy"])
+        say(f"  NumPy's own allocations at their peak (tracemalloc, extra untimed runs): one "
+            f"guided evaluation {res['numpy evaluation peak'] / 2**20:,.1f} MiB, decode "
+            f"{res['numpy decode peak'] / 2**20:,.1f} MiB")
     return res
 
 
