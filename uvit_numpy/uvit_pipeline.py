@@ -287,13 +287,16 @@ class UViTPipeline:
         it). guidance_scale: the paper's s (the config's `sample.scale`: 0.4, 0.7 or 1.0).
     text_encoder, tokenizer: a `clip.CLIPTextModel` and a `clip_tokenizer.CLIPTokenizer`, for
         UViTText; their width and length must be the network's clip_dim and num_clip_token.
-    The stages are methods (the benchmark and the book time and show them one at a time):
+    The modules are put in eval mode. The stages are methods (the benchmark and the book time
+    and show them one at a time):
     `encode_text` -> `sample` -> `decode`; `__call__` runs them all.
     """
 
     def __init__(self, nnet, autoencoder, guidance_scale=0.4, text_encoder=None, tokenizer=None):
-        self.nnet, self.autoencoder = nnet, autoencoder
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        # eval mode: nothing is recorded for a backward pass (100 forwards would keep 100 caches)
+        self.nnet, self.autoencoder = nnet.eval(), autoencoder.eval()
+        self.text_encoder = None if text_encoder is None else text_encoder.eval()
+        self.tokenizer = tokenizer
         self.guidance_scale = guidance_scale
         self.is_text = hasattr(nnet, "clip_dim")
         check_guidance_scale(guidance_scale)

@@ -122,8 +122,9 @@ class UViTPipeline:
     `uvit_numpy.uvit_pipeline.UViTPipeline` (the same arguments, stages and checks)."""
 
     def __init__(self, nnet, autoencoder, guidance_scale=0.4, text_encoder=None, tokenizer=None):
-        self.nnet, self.autoencoder = nnet, autoencoder
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.nnet, self.autoencoder = nnet.eval(), autoencoder.eval()
+        self.text_encoder = None if text_encoder is None else text_encoder.eval()
+        self.tokenizer = tokenizer
         self.guidance_scale = guidance_scale
         self.is_text = hasattr(nnet, "clip_dim")
         check_guidance_scale(guidance_scale)

@@ -33,6 +33,7 @@ decode, measured in extra runs that are not timed.
 Target: NumPy <= 1.2 x torch for the whole picture.
 """
 
+import os
 import statistics
 import sys
 import time
@@ -137,6 +138,7 @@ def run_pipeline(name="imagenet256_uvit_huge", threads=None, steps=PAPER_STEPS, 
     say(f"one picture of class {label}: latents {C}x{h}x{w}, guidance s = {scale} (two forwards "
         f"per evaluation), DPM-Solver++ fast, {steps} steps")
     say(machine())
+    say(f"load average at the start: {_load()} (other processes compete for the cores)")
     say(f"\n  {'stage':<26}{'NumPy':>10}{'torch':>10}   NumPy / torch")
 
     labels, z = np.array([label]), NP.initial_latents(seed, 1, ours.latent_shape)  # (1, C, h, w)
@@ -203,7 +205,16 @@ def run_pipeline(name="imagenet256_uvit_huge", threads=None, steps=PAPER_STEPS, 
         say(f"  NumPy's own allocations at their peak (tracemalloc, extra untimed runs): one "
             f"guided evaluation {res['numpy evaluation peak'] / 2**20:,.1f} MiB, decode "
             f"{res['numpy decode peak'] / 2**20:,.1f} MiB")
+    say(f"load average at the end: {_load()}")
     return res
+
+
+def _load():
+    """The 1-minute load average and the number of cores, as a phrase."""
+    try:
+        return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        return "unknown"
 
 
 def _inference(fn, *args):
