@@ -429,7 +429,7 @@ def test_command_says_a_long_prompt_is_cut(tiny, tmp_path, capsys):
 def test_dispatcher_refuses_an_unknown_system(capsys):
     for dispatcher in (np_generate, torch_generate):
         assert dispatcher.main(["dalle", "x"]) == 2
-        assert "unknown system 'dalle'; expected one of: amused" in capsys.readouterr().err
+        assert "unknown system 'dalle'; expected one of: amused, uvit" in capsys.readouterr().err
         assert dispatcher.main([]) == 2
 
 

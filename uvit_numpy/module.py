@@ -72,6 +72,9 @@ class NoDraws(np.random.Generator):
     def standard_normal(self, size=None, dtype=np.float32, out=None):
         return np.zeros(size, np.float32)
 
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return np.zeros(size, np.float32)     # U-ViT's trunc_normal init draws with `normal`
+
 
 class Float64Draws(np.random.Generator):
     """A Generator whose uniform draws are scaled in place (no temporaries): with `Float32Draws`

@@ -8,11 +8,20 @@ into arrays for `uvit_numpy` (which cannot read a `.pth` itself: it never import
     from uvit_torch.checkpoint import load_pretrained
     model = load_pretrained("cifar10_uvit_small.pth", "cifar10_uvit_small")               # torch
     model = load_pretrained("cifar10_uvit_small.pth", "cifar10_uvit_small", backend="numpy")
+
+`uvit_numpy` never imports torch, so its commands read these state dicts as safetensors files;
+`convert` (or the command below) writes one, with the same keys and values, from a `.pth`:
+
+    python -m uvit_torch.checkpoint imagenet256_uvit_huge.pth imagenet256_uvit_huge.safetensors
+    python -m uvit_torch.checkpoint autoencoder_kl_ema.pth autoencoder_kl_ema.safetensors
 """
+
+import argparse
+import os
+import sys
 
 import numpy as np
 import torch
-
 
 
 def load_pth(path):
@@ -82,3 +91,52 @@ def load_pretrained(path, name, backend="torch", dtype=None, **overrides):
     else:
         raise ValueError(f"load_pretrained: expected backend 'torch' or 'numpy', got {backend!r}")
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# .pth -> safetensors, for uvit_numpy
+# --------------------------------------------------------------------------------------------------
+def convert(pth_path, out_path):
+    """Write the state dict of the `.pth` at `pth_path` as the safetensors file `out_path` (the
+    same keys; the same values, float16/bfloat16 ones widened to float32 as `to_numpy_state_dict`
+    does, since NumPy reads no bfloat16). Written to a temporary file, then renamed. Returns the
+    number of tensors."""
+    from safetensors.numpy import save_file
+    arrays = {k: np.ascontiguousarray(v) for k, v in load_numpy_state_dict(pth_path).items()}
+    tmp = out_path + ".tmp"
+    save_file(arrays, tmp, metadata={"format": "pt", "source": os.path.basename(pth_path)})
+    os.replace(tmp, out_path)
+    return len(arrays)
+
+
+def load_state_dict_file(path):
+    """`{key: tensor}` from a `.pth` (`load_pth`) or a `.safetensors` file (the converted one)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return load_pth(path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m uvit_torch.checkpoint",
+        description="Convert a U-ViT paper checkpoint (a .pth state dict: a U-ViT, or "
+                    "autoencoder_kl(_ema).pth) into a safetensors file that uvit_numpy reads.")
+    parser.add_argument("pth", help="the .pth file (read with torch.load(weights_only=True))")
+    parser.add_argument("out", help="the .safetensors file to write")
+    args = parser.parse_args(argv)
+    if not args.out.endswith(".safetensors"):
+        parser.error(f"expected an output name ending in .safetensors, got {args.out}")
+    if not os.path.isfile(args.pth):
+        parser.error(f"no such file: {args.pth}")
+    try:
+        n = convert(args.pth, args.out)
+    except (TypeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.pth} -> {args.out} ({n} tensors)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,8 @@
 The twin of `uvit_numpy.generate` (same systems, arguments and checks) with the torch models:
 
 * amused: aMUSEd from a diffusers pipeline folder (`uvit_torch.amused_pipeline.main`).
+* uvit: the U-ViT paper's latent pipelines; CHECKPOINT and --autoencoder may be the paper's .pth
+  files (`uvit_torch.uvit_pipeline.main`).
 """
 
 import sys
@@ -12,7 +14,7 @@ import sys
 from uvit_numpy.generate import main as _dispatch
 
 # system -> the module whose `main(argv)` runs it
-SYSTEMS = {"amused": "uvit_torch.amused_pipeline"}
+SYSTEMS = {"amused": "uvit_torch.amused_pipeline", "uvit": "uvit_torch.uvit_pipeline"}
 
 
 def main(argv=None):

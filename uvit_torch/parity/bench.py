@@ -6,6 +6,7 @@ training step of the two digit models in NumPy and in torch.
     python -m uvit_torch.bench --config tiny --grid 8 --no-diffusers
     python -m uvit_torch.bench --train    # one training step, NumPy vs torch (target <= 1.5)
     python -m uvit_torch.bench --pipeline amused-256 --threads 2   # one image, stage by stage
+    python -m uvit_torch.bench --pipeline imagenet256_uvit_huge   # a whole picture (PIPELINES)
 
 A figure over its target is marked MISSED in the report (the exit status stays 0: this is a
 measurement, not a test); the first lines name the machine, since the ratios depend on the CPU.
@@ -377,6 +378,7 @@ class PipelineBenchmark:
     description: str
     build: Callable
     targets: tuple = (1.2, 120.0)      # (NumPy / torch, seconds for one NumPy image)
+    run_from_args: Callable = None     # a benchmark with its own report, run from the arguments
 
 
 def _amused_stand_in_tokenizer(max_length=77, bos=49406, eos=49407):
@@ -445,6 +447,13 @@ def _amused_runs(ours, theirs, seed, steps=12, guidance=10.0,
     return runner(ours), runner(theirs)
 
 
+def _uvit_pipeline(name):
+    def run(args):
+        from .bench_uvit_pipeline import run_from_args
+        return run_from_args(name, args)
+    return run
+
+
 def _build_amused_256(seed):
     ours, theirs = _amused_pipelines(seed)
     n = sum(sum(p.size for p in m.parameters())
@@ -468,6 +477,10 @@ PIPELINES = {
                                     _build_amused_256),
     "amused-tiny": PipelineBenchmark("aMUSEd's tiny test parts (a smoke test of this code)",
                                      _build_amused_tiny),
+    "imagenet256_uvit_huge": PipelineBenchmark(
+        "the U-ViT paper's ImageNet 256x256 picture (U-ViT-H/2, DPM-Solver++, guidance, the "
+        "autoencoder's decode), random weights", build=None,
+        run_from_args=_uvit_pipeline("imagenet256_uvit_huge")),   # bench_uvit_pipeline.py
 }
 
 
@@ -582,9 +595,14 @@ def main(argv=None):
     parser.add_argument("--train", action="store_true",
                         help="time one training step (forward, backward, AdamW) of the digit "
                              "U-ViT and the amused-digits UVit2DModel instead (batch 64)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="--pipeline imagenet256_uvit_huge: sampling steps (default the paper's)")
     args = parser.parse_args(argv)
     if args.pipeline:
-        run_pipeline(args.pipeline, args.threads, warmup=not args.no_warmup)
+        if PIPELINES[args.pipeline].run_from_args is not None:
+            PIPELINES[args.pipeline].run_from_args(args)
+        else:
+            run_pipeline(args.pipeline, args.threads, warmup=not args.no_warmup)
         return 0
     threads = args.threads or torch.get_num_threads()
     if args.train:
