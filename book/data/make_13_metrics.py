@@ -25,7 +25,8 @@ to real-vs-real at the same size), and by three numbers about the strokes:
   training digits).
 
 The same numbers for the 500 real held-out digits and for their tokenizer reconstructions are the
-reference. Sampling is `uvit_torch.sample.sample_digits`' decoding, batch by batch with its seeds
+reference; and the class accuracy and Frechet ratio of the tokenizer alone: the real training digits
+that make the ratio's real-vs-real reference, encoded and decoded (at 500 and at 1,000 digits). Sampling is `uvit_torch.sample.sample_digits`' decoding, batch by batch with its seeds
 (a torch.Generator seeded seed * 100003 + batch); the script's loop `decode` is
 `uvit_torch.maskgit.generate` with the number of tokens left masked after each step given as a
 table, so that schedules the package does not name can be run through the package's own
@@ -166,7 +167,7 @@ def main(argv=None):
     digit_model = load_digit_model("amused-digits")
     tok = digit_model.tokenizer
     classifier = evaluate.load_classifier()
-    train_x, _ = load_digits("train")
+    train_x, train_y = load_digits("train")
     blank = int(np.argmax(np.bincount(tok.encode(train_x).ravel(), minlength=tok.codebook_size)))
     labels = np.repeat(np.arange(10), args.per_class)
     out = Path(args.out)
@@ -209,6 +210,17 @@ def main(argv=None):
         "held_out_reconstructed": {"samples": len(held_x), **stroke_numbers(
             to_unit(tok.decode(held_codes)), held_y, held_codes, blank)},
     }
+    # the tokenizer's own cost: the real digits the Frechet ratio's reference is made of (a
+    # balanced subset of the training digits, as many as the samples), encoded and decoded; at
+    # this script's size and at the 1,000 of the shipped model's own report
+    result["reference"]["tokenizer_alone"] = {}
+    for per_class in sorted({args.per_class, 100}):
+        ref_x, ref_y = evaluate.balanced_subset(train_x, train_y, per_class)
+        report = evaluate.evaluate_images(
+            to_unit(tok.decode(tok.encode(ref_x))).astype(np.float32), ref_y, classifier)
+        result["reference"]["tokenizer_alone"][str(len(ref_x))] = {
+            k: report[k] for k in ("class_accuracy", "frechet_distance", "frechet_real_vs_real",
+                                   "frechet_ratio")}
 
     # the script's decoding loop is sample_digits' (same digits with the cosine table)
     check = np.arange(10).repeat(2)
