@@ -13,17 +13,22 @@ The images are rounded to 8 bits before they are measured (as a PNG stores them)
 the shipped default setting are kept in book/data/12_default_samples.npz (uint8), so that the
 chapter recomputes that row's Frechet distance step by step. Every setting starts from the same
 seeded noise x_T (the same seed), so the rows differ by the sampler alone; one setting is
-repeated with another seed to show how much a row moves from seed to seed.
+repeated with another seed to show how much a row moves from seed to seed. Two settings are
+repeated with Imagen's dynamic thresholding of the x0 estimate (`thresholding=True`,
+`sample_max_value` = THRESHOLD_MAX; diffusers' option, which `uvit_numpy.sample` does not expose,
+so those rows run `uvit_torch.sampling.sample` with the same batches and seeds as
+`sample_digits`).
 
 A row already in the JSON (same setting and seed) is kept, so an interrupted run continues where
-it stopped; `--fresh` recomputes everything. The settings cost 202,500 forward passes of one
-digit through the network: about 12 minutes on an idle core (it took 1.5 hours on a machine
+it stopped; `--fresh` recomputes everything. The settings cost 242,500 forward passes of one
+digit through the network: about 15 minutes on an idle core (it took 1.5 hours on a machine
 shared with other jobs); chapter 12 only reads the JSON.
 
     PYTHONPATH=. python book/data/make_12_metrics.py             # from the repository root
 """
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -39,44 +44,78 @@ SAMPLES = HERE / "12_default_samples.npz"
 COMMAND = "python book/data/make_12_metrics.py"
 SEED, REPLICATE_SEED = 1234, 1235
 SUBSETS = 20            # real-vs-real is measured on this many balanced subsets (seeds 1, 2, ...)
+THRESHOLD_MAX = 1.5     # sample_max_value of the thresholded rows: x0-hat may reach +-1.5 before
+                        # it is clipped, and is then divided by its 99.5 % quantile of |x0-hat|
+BATCH = 250             # digits per batch, as sample_digits: batch b is seeded with [seed, b]
 
-# (scheduler, steps, guidance_scale w, seed): the shipped default first (its images are kept), the
-# guidance sweep at DPM-Solver++ 20 steps, the samplers against their steps without guidance
-# (w = 1: one network evaluation per step, and the sampler alone decides the result), and the
-# default again from another seed.
+# (scheduler, steps, guidance_scale w, seed, thresholding): the shipped default first (its images
+# are kept), the guidance sweep at DPM-Solver++ 20 steps, the samplers against their steps without
+# guidance (w = 1: one network evaluation per step, and the sampler alone decides the result), the
+# default again from another seed, and the two strongest guidances again with dynamic
+# thresholding.
 SETTINGS = [
-    ("dpmsolver++", 20, 1.25, SEED),
-    ("dpmsolver++", 20, 1.0, SEED),
-    ("dpmsolver++", 20, 1.5, SEED),
-    ("dpmsolver++", 20, 2.0, SEED),
-    ("dpmsolver++", 20, 3.0, SEED),
-    ("dpmsolver++", 5, 1.0, SEED),
-    ("dpmsolver++", 10, 1.0, SEED),
-    ("ddim", 5, 1.0, SEED),
-    ("ddim", 10, 1.0, SEED),
-    ("ddim", 20, 1.0, SEED),
-    ("ddim", 50, 1.0, SEED),
-    ("ddpm", 5, 1.0, SEED),
-    ("ddpm", 10, 1.0, SEED),
-    ("ddpm", 20, 1.0, SEED),
-    ("ddpm", 50, 1.0, SEED),
-    ("dpmsolver++", 20, 1.25, REPLICATE_SEED),
+    ("dpmsolver++", 20, 1.25, SEED, False),
+    ("dpmsolver++", 20, 1.0, SEED, False),
+    ("dpmsolver++", 20, 1.5, SEED, False),
+    ("dpmsolver++", 20, 2.0, SEED, False),
+    ("dpmsolver++", 20, 3.0, SEED, False),
+    ("dpmsolver++", 5, 1.0, SEED, False),
+    ("dpmsolver++", 10, 1.0, SEED, False),
+    ("ddim", 5, 1.0, SEED, False),
+    ("ddim", 10, 1.0, SEED, False),
+    ("ddim", 20, 1.0, SEED, False),
+    ("ddim", 50, 1.0, SEED, False),
+    ("ddpm", 5, 1.0, SEED, False),
+    ("ddpm", 10, 1.0, SEED, False),
+    ("ddpm", 20, 1.0, SEED, False),
+    ("ddpm", 50, 1.0, SEED, False),
+    ("dpmsolver++", 20, 1.25, REPLICATE_SEED, False),
+    ("dpmsolver++", 20, 2.0, SEED, True),
+    ("dpmsolver++", 20, 3.0, SEED, True),
 ]
 
 
 def key(row):
-    return (row["scheduler"], row["steps"], row["guidance_scale"], row["seed"])
+    # rows written before the thresholded settings existed have no "thresholding": they had none
+    return (row["scheduler"], row["steps"], row["guidance_scale"], row["seed"],
+            row.get("thresholding", False))
 
 
-def measure(digit_model, classifier, scheduler, steps, w, seed, per_class, save=None):
+def sample_thresholded(digit_model, labels, scheduler, steps, w, seed):
+    """`uvit_torch.sample.sample_digits` with dynamic thresholding on: the same scheduler
+    arguments (`make_scheduler`) plus `thresholding=True, sample_max_value=THRESHOLD_MAX`, the same
+    batches and seeds. Returns images (N, 28, 28) float32 in [0, 1]."""
+    from uvit_numpy.data import to_unit
+    from uvit_numpy.sample import make_scheduler
+    from uvit_torch import schedulers
+    from uvit_torch.sampling import sample
+    base = make_scheduler(scheduler, digit_model.training["config"]["diffusion"], schedulers)
+    cls = type(base)
+    args = {k: v for k, v in base.config.items()                     # its constructor's arguments
+            if k in inspect.signature(cls.__init__).parameters}
+    out = []
+    for b, start in enumerate(range(0, len(labels), BATCH)):
+        sched = cls(**{**args, "thresholding": True, "sample_max_value": THRESHOLD_MAX})
+        x = sample(digit_model.model, labels[start:start + BATCH], sched, steps, w,
+                   seed=[seed, b], eta=0.0)                          # (n, 1, 28, 28) in [-1, 1]
+        out.append(to_unit(x[:, 0].cpu().numpy()))
+    return np.concatenate(out).astype(np.float32)
+
+
+def measure(digit_model, classifier, scheduler, steps, w, seed, thresholding, per_class,
+            save=None):
     """One row: sample 10 x per_class digits with the setting, round them to 8 bits and evaluate
     them; `save`: an .npz path for the uint8 images and their labels."""
     from uvit_torch.evaluate import evaluate_images
     from uvit_torch.sample import sample_digits
     labels = np.repeat(np.arange(10), per_class)
     tic = time.perf_counter()
-    images = sample_digits(digit_model, labels, seed=seed, scheduler=scheduler, steps=steps,
-                           guidance_scale=w, eta=0.0 if scheduler == "ddim" else None)
+    if thresholding:
+        images = sample_thresholded(digit_model, labels, scheduler, steps, w, seed)
+    else:
+        images = sample_digits(digit_model, labels, seed=seed, scheduler=scheduler, steps=steps,
+                               guidance_scale=w, eta=0.0 if scheduler == "ddim" else None,
+                               batch_size=BATCH)
     seconds = time.perf_counter() - tic
     pixels = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)      # (N, 28, 28)
     if save:
@@ -84,7 +123,9 @@ def measure(digit_model, classifier, scheduler, steps, w, seed, per_class, save=
     images = pixels.astype(np.float32) / 255.0
     report = evaluate_images(images, labels, classifier)
     return {"scheduler": scheduler, "steps": steps, "guidance_scale": w, "eta": 0.0,
-            "seed": seed, "network_evaluations_per_digit": steps * (1 if w == 1.0 else 2),
+            "seed": seed, "thresholding": thresholding,
+            "sample_max_value": THRESHOLD_MAX if thresholding else None,
+            "network_evaluations_per_digit": steps * (1 if w == 1.0 else 2),
             **report, "sampling_seconds": round(seconds, 1)}
 
 
@@ -118,6 +159,7 @@ def write(args, rows, reference):
                              "against the same held-out digits",
         "frechet_real_vs_real_subsets": reference,
         "settings": [list(s) for s in SETTINGS],
+        "settings_fields": ["scheduler", "steps", "guidance_scale", "seed", "thresholding"],
         "rows": sorted(rows, key=lambda r: order[key(r)])}
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -147,17 +189,23 @@ def main(argv=None):
             old = json.load(f)
         if old.get("per_class") == args.per_class:
             rows = old["rows"]
+    for r in rows:                      # rows of the version without thresholded settings
+        r.setdefault("thresholding", False)
+        r.setdefault("sample_max_value", None)
     order = {s: i for i, s in enumerate(SETTINGS)}
     rows = [r for r in rows if key(r) in order]                 # a setting no longer listed goes
     done = {key(r) for r in rows}
-    for scheduler, steps, w, seed in SETTINGS:
-        if (scheduler, steps, w, seed) in done:
+    for setting in SETTINGS:
+        if setting in done:
             continue
-        save = str(SAMPLES) if (scheduler, steps, w, seed) == SETTINGS[0] else None
-        row = measure(digit_model, classifier, scheduler, steps, w, seed, args.per_class, save)
+        scheduler, steps, w, seed, thresholding = setting
+        save = str(SAMPLES) if setting == SETTINGS[0] else None
+        row = measure(digit_model, classifier, scheduler, steps, w, seed, thresholding,
+                      args.per_class, save)
         rows.append(row)
         write(args, rows, reference)
-        print(f"{scheduler:<12} {steps:>4} steps  w = {w:<5} seed {seed}: accuracy "
+        print(f"{scheduler:<12} {steps:>4} steps  w = {w:<5} seed {seed} thresholding "
+              f"{thresholding}: accuracy "
               f"{row['class_accuracy']:.3f}, Frechet ratio {row['frechet_ratio']:.2f} "
               f"({row['sampling_seconds']:.0f} s)", flush=True)
     write(args, rows, reference)
