@@ -21,8 +21,9 @@ so those rows run `uvit_torch.sampling.sample` with the same batches and seeds a
 
 A row already in the JSON (same setting and seed) is kept, so an interrupted run continues where
 it stopped; `--fresh` recomputes everything. The settings cost 242,500 forward passes of one
-digit through the network: about 15 minutes on an idle core (it took 1.5 hours on a machine
-shared with other jobs); chapter 12 only reads the JSON.
+digit through the network; on this project's 2-core machine, shared with other jobs, the table
+took about 1.5 hours (each row's `sampling_seconds` is in the JSON: 243 to 270 s for the two
+thresholded rows at a load average of about 5). Chapter 12 only reads the JSON.
 
     PYTHONPATH=. python book/data/make_12_metrics.py             # from the repository root
 """
