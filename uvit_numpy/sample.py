@@ -14,7 +14,10 @@ PNG is a grid with one row per label; the .npz holds `images` float32 (N, 28, 28
   diffusers' convention: 1 is no guidance; the U-ViT paper's scale s is w - 1), `--eta` (DDIM).
 * amused-digits (masked tokens): `--steps` (MaskGIT decoding steps), `--guidance`
   (uncond + w (cond - uncond) on the logits, as aMUSEd), `--temperature` (the Gumbel temperature
-  at the first step, annealed to 0).
+  at the first step, annealed to 0). The codes are decoded by the tokenizer the model was trained
+  on, which its folder holds (`tokenizer.safetensors` for k-means, `vqvae/` for a VQ-GAN);
+  `--tokenizer` names another copy of it (a VQ-GAN folder such as
+  `uvit_numpy/pretrained/vqgan-digits`, or a k-means file).
 
 The library functions (`load_digit_model`, `sample_digits`, `save_grid`) take and return arrays,
 so the book uses them without the command line; `uvit_torch.sample` is the same with torch.
@@ -28,7 +31,6 @@ import time
 import numpy as np
 
 from .schedulers import SCHEDULERS
-from .tokenizer import TOKENIZER_NAME
 from .weights import find_model_folder, read_config
 SCHEDULER_NAMES = tuple(SCHEDULERS)              # the registry's names
 
@@ -69,21 +71,47 @@ def folder_info(folder):
     return kind, training, sampling
 
 
-def load_digit_model(name_or_path, dtype=np.float32, classes=None):
+def load_digit_model(name_or_path, dtype=np.float32, classes=None, tokenizer=None):
     """Load a digit model (a shipped name or a folder) for sampling. Returns a DigitModel.
     classes: {"diffusion": UViT, "maskgit": UVit2DModel} of the package to load into (the NumPy
-    ones by default; `uvit_torch.sample` passes its own)."""
-    from .tokenizer import KMeansTokenizer
+    ones by default; `uvit_torch.sample` passes its own). tokenizer: for a masked-token model,
+    where its tokenizer is if not in its folder (a VQ-GAN folder or shipped name, a k-means
+    file); it must be of the kind the model was trained on, with as many codes."""
     if classes is None:
         from .uvit import UViT
         from .uvit2d import UVit2DModel
         classes = {"diffusion": UViT, "maskgit": UVit2DModel}
     folder = resolve_folder(name_or_path)
     kind, training, sampling = folder_info(folder)
+    if kind == "diffusion" and tokenizer is not None:
+        raise ValueError(f"{folder!r} is a diffusion model, which makes pixels: a tokenizer is "
+                         f"only for masked-token models")
+    tok = load_model_tokenizer(folder, training, tokenizer) if kind == "maskgit" else None
     model = classes[kind].from_pretrained(folder, dtype)
-    tokenizer = (KMeansTokenizer.load(os.path.join(folder, TOKENIZER_NAME))
-                 if kind == "maskgit" else None)
-    return DigitModel(kind, model, training, sampling, tokenizer, folder)
+    return DigitModel(kind, model, training, sampling, tok, folder)
+
+
+def load_model_tokenizer(folder, training, tokenizer=None):
+    """A masked-token model's tokenizer: its folder's, or `tokenizer` (a shipped VQ-GAN's name,
+    a VQ-GAN folder, a k-means file), checked against what the model was trained on (the kind,
+    k-means or VQ-GAN, and the number of codes) before any sampling."""
+    from . import pretrained
+    from .tokenizer import VQGANTokenizer, load_tokenizer
+    if tokenizer in pretrained.NAMES:
+        tokenizer = pretrained.path(tokenizer)
+    tok = load_tokenizer(folder if tokenizer is None else tokenizer)
+    cfg = training["config"]
+    trained_on = "vqgan" if "vqgan" in cfg["tokenizer"] else "kmeans"
+    given = "vqgan" if isinstance(tok, VQGANTokenizer) else "kmeans"
+    words = {"vqgan": "a VQ-GAN's", "kmeans": "k-means"}
+    if given != trained_on:
+        raise ValueError(f"{folder!r} was trained on {words[trained_on]} codes; the tokenizer "
+                         f"{tokenizer or folder!r} is {words[given]}")
+    K = cfg["model"]["codebook_size"]
+    if tok.codebook_size != K:
+        raise ValueError(f"{folder!r} predicts {K} codes; the tokenizer {tokenizer or folder!r} "
+                         f"has {tok.codebook_size}")
+    return tok
 
 
 def settings(digit_model, scheduler=None, steps=None, guidance_scale=None, temperature=None,
@@ -218,6 +246,9 @@ def build_parser(prog):
     parser.add_argument("--guidance", type=float, help="guidance scale w (1: none)")
     parser.add_argument("--eta", type=float, help="DDIM's noise weight (default 0)")
     parser.add_argument("--temperature", type=float, help="masked tokens: first-step temperature")
+    parser.add_argument("--tokenizer", help="masked tokens: the tokenizer to decode with if not "
+                                            "the model folder's own (a VQ-GAN folder or shipped "
+                                            "name, a k-means .safetensors file)")
     return parser
 
 
@@ -227,7 +258,7 @@ def run_command(args, load, sample_fn):
         print(f"error: --per-label must be at least 1, got {args.per_label}", file=sys.stderr)
         return 2
     try:
-        digit_model = load(args.model)
+        digit_model = load(args.model, tokenizer=args.tokenizer)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -21,11 +21,13 @@ from uvit_numpy.sample import settings
 from . import schedulers
 
 
-def load_digit_model(name_or_path, dtype=torch.float32):
-    """Load a digit model (a shipped name or a folder) as torch modules. Returns a DigitModel."""
+def load_digit_model(name_or_path, dtype=torch.float32, tokenizer=None):
+    """Load a digit model (a shipped name or a folder) as torch modules. Returns a DigitModel.
+    `tokenizer`: see `uvit_numpy.sample.load_digit_model` (the tokenizer stays NumPy's)."""
     from .uvit import UViT
     from .uvit2d import UVit2DModel
-    return np_load_digit_model(name_or_path, dtype, {"diffusion": UViT, "maskgit": UVit2DModel})
+    return np_load_digit_model(name_or_path, dtype, {"diffusion": UViT, "maskgit": UVit2DModel},
+                               tokenizer=tokenizer)
 
 
 @torch.no_grad()
