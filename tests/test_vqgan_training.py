@@ -72,12 +72,47 @@ def test_padding_is_the_tokenizers_and_is_undone():
     assert np.array_equal(crop_images(x), images[:3])
 
 
+def test_dead_codes_move_onto_the_worst_fitted_vectors():
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(0, 0.1, (50, 2)), [[5.0, 5.0], [-4.0, 0.0]]])
+    codebook = np.array([[0.0, 0.0], [50.0, 50.0], [0.1, 0.0], [-50.0, 0.0]])  # 1, 3 dead
+    new, dead = T.restart_dead_codes(codebook, z)
+    assert dead.tolist() == [1, 3]
+    assert new[1].tolist() == [5.0, 5.0] and new[3].tolist() == [-4.0, 0.0]  # worst first
+    assert np.array_equal(new[[0, 2]], codebook[[0, 2]])           # the live ones stay
+    again, none = T.restart_dead_codes(new, z)
+    assert len(none) == 0 and np.array_equal(again, new)
+
+
+def test_refresh_moves_the_codes_in_the_weights_and_the_average_and_resets_adam():
+    cfg = T.train_config("vqgan-tiny")
+    task = T.VQGANTask(cfg, np.float64)
+    weights = task.build(0).state_dict()
+    key = "quantize.embedding.weight"
+    arrays = {**{f"model.{k}": v for k, v in weights.items()},
+              **{f"ema.{k}": v.copy() for k, v in weights.items()},
+              f"optim.exp_avg.{key}": np.ones_like(weights[key]),
+              f"optim.exp_avg_sq.{key}": np.ones_like(weights[key])}
+    said = []
+    out = task.refresh(arrays, 0, 2, say=said.append)
+    moved = np.flatnonzero(np.any(out[f"model.{key}"] != weights[key], axis=1))
+    assert len(moved) > 0 and said == [f"step 2: {len(moved)} dead codes restarted"]
+    assert np.array_equal(out[f"ema.{key}"], out[f"model.{key}"])  # the same rows moved
+    assert (out[f"optim.exp_avg.{key}"][moved] == 0).all()
+    assert (np.delete(out[f"optim.exp_avg_sq.{key}"], moved, axis=0) == 1).all()
+    assert np.array_equal(arrays[f"model.{key}"], weights[key])   # the input is not changed
+    assert [task.refreshes(s) for s in (1, 2, 3, 4)] == [False, True, False, True]
+    cfg["restart_dead_codes"] = None                               # the option off
+    assert not T.VQGANTask(cfg, np.float64).refreshes(2)
+
+
 # --------------------------------------------------------------------------------------------------
 # The trainers on the task
 # --------------------------------------------------------------------------------------------------
 def test_numpy_and_torch_trainers_replay_the_same_vqgan_run(tmp_path):
     """float64: the same initial weights and batches; the codes chosen are the same at every step
-    (an argmin that went another way would show as a large difference)."""
+    (an argmin that went another way would show as a large difference), and so are the dead-code
+    restarts (vqgan-tiny restarts every 2 steps)."""
     _train(tmp_path, "torch", "torch", dtype="float64")
     _train(tmp_path, "numpy", "numpy", dtype="float64")
     a, _ = T.load_checkpoint(str(tmp_path / "torch" / T.CHECKPOINT))
@@ -191,6 +226,8 @@ def test_sampling_decodes_with_the_vqgan(amused_on_vqgan, tiny_vqgan, tmp_path):
             assert images.shape == (2, 28, 28) and 0 <= images.min() and images.max() <= 1
     a, b = np.load(tmp_path / "np0.npz")["images"], np.load(tmp_path / "np2.npz")["images"]
     assert np.array_equal(a, b)                     # the folder's copy is the VQ-GAN itself
+    assert isinstance(torch_sample.load_digit_model(amused_on_vqgan).tokenizer,
+                      TorchVQGANTokenizer)          # torch decodes in torch
 
 
 def test_a_tokenizer_of_the_wrong_kind_is_refused_before_sampling(amused_on_vqgan, tiny_vqgan,

@@ -260,15 +260,12 @@ def load_any_tokenizer(name_or_path):
     """A tokenizer by shipped name or path: a VQ-GAN (run in torch, `uvit_torch.tokenizer`) or
     the k-means tokenizer of a masked-token model's folder."""
     from uvit_numpy import pretrained
-    from uvit_numpy.tokenizer import VQGAN_NAME, VQGANTokenizer, load_tokenizer
+    from uvit_numpy.tokenizer import VQGANTokenizer, load_tokenizer
 
     from .tokenizer import VQGANTokenizer as TorchVQGANTokenizer
     path = pretrained.path(name_or_path) if name_or_path in pretrained.NAMES else name_or_path
     tok = load_tokenizer(path)
-    if isinstance(tok, VQGANTokenizer):           # the same folder, with the model in torch
-        sub = os.path.join(path, VQGAN_NAME)
-        tok = TorchVQGANTokenizer.from_pretrained(sub if os.path.isdir(sub) else path)
-    return tok
+    return TorchVQGANTokenizer.from_numpy(tok) if isinstance(tok, VQGANTokenizer) else tok
 
 
 def format_report(r, title):

@@ -23,6 +23,16 @@ class VQGANTokenizer(N.VQGANTokenizer):
         from .vq_model import VQModel
         return VQModel.from_pretrained(folder, dtype=TORCH_DTYPE[np.dtype(dtype)])
 
+    @classmethod
+    def from_numpy(cls, tokenizer):
+        """The same tokenizer (weights, padding, record) with its model in torch."""
+        from .vq_model import VQModel
+        dtype = TORCH_DTYPE[np.dtype(tokenizer.model.dtype)]
+        model = VQModel(**tokenizer.model.config, dtype=dtype)
+        model.load_state_dict({k: torch.from_numpy(v.copy())
+                               for k, v in tokenizer.model.state_dict().items()})
+        return cls(model.eval(), tokenizer.pad, tokenizer.image_size, tokenizer.record)
+
     @torch.no_grad()
     def _codes(self, x):
         h = self.model.encode(torch.from_numpy(x).to(self.model.dtype)).latents  # (b, C, 8, 8)
