@@ -125,3 +125,13 @@ def test_both_packages_tokenize_with_the_shipped_vqgan():
     codes = ours.encode(held[:16])
     assert np.array_equal(port.encode(held[:16]), codes)
     np.testing.assert_allclose(port.decode(codes), ours.decode(codes), rtol=0, atol=1e-5)
+
+
+def test_the_amused_config_on_vqgan_codes_differs_only_in_its_tokenizer():
+    from uvit_numpy.tokenizer import VQGANTokenizer
+    ours, kmeans = TRAIN_CONFIGS["amused-vqgan-digits"], TRAIN_CONFIGS["amused-digits"]
+    assert {k: v for k, v in ours.items() if k != "tokenizer"} == \
+           {k: v for k, v in kmeans.items() if k != "tokenizer"}
+    vqgan = VQGANTokenizer.from_pretrained(pretrained.path(ours["tokenizer"]["vqgan"]))
+    assert vqgan.codebook_size == ours["model"]["codebook_size"]
+    assert vqgan.codebook_size == kmeans["tokenizer"]["codebook_size"]

@@ -165,6 +165,12 @@ TRAIN_CONFIGS = {
         sampling=dict(scheduler="dpmsolver++", steps=50, guidance_scale=1.0)),
 }
 
+# amused-digits on the shipped VQ-GAN's codes instead of k-means' (README: not run here yet; the
+# sampling defaults are those chosen for the k-means codes).
+TRAIN_CONFIGS["amused-vqgan-digits"] = {**TRAIN_CONFIGS["amused-digits"],
+                                        "tokenizer": dict(vqgan="vqgan-digits")}
+
+
 def train_config(name, **overrides):
     """A copy of `TRAIN_CONFIGS[name]` with top-level `overrides` applied (None values ignored)."""
     if name not in TRAIN_CONFIGS:
