@@ -76,3 +76,62 @@ def test_both_packages_load_the_same_shipped_weights(name):
         np.testing.assert_array_equal(value, theirs[key].numpy(), err_msg=key)
     assert set(theirs) == set(ours.state_dict())
     assert all(v.dtype == torch.float32 for v in theirs.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# The VQ-GAN tokenizer
+# --------------------------------------------------------------------------------------------------
+def test_the_vqgan_folder_records_its_run():
+    config = _read("vqgan-digits", "config.json")
+    run = config["_training"]
+    assert config["_class_name"] == "VQModel"
+    assert config["_tokenizer"] == {"pad": 2, "image_size": 28}
+    assert run["command"].startswith("python -m uvit_torch.train vqgan-digits")
+    assert run["seed"] == 0 and run["seconds"] > 0 and run["steps"] == run["config"]["steps"]
+    named = {k: v for k, v in TRAIN_CONFIGS["vqgan-digits"].items() if k != "steps"}
+    assert json.loads(json.dumps(named)) == {k: v for k, v in run["config"].items() if k in named}
+    with open(os.path.join(pretrained.path("vqgan-digits"), "log.csv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert int(rows[-1]["step"]) == run["steps"]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    weights = os.path.join(pretrained.path("vqgan-digits"), "diffusion_pytorch_model.safetensors")
+    assert os.path.getsize(weights) < 4 * 2**20
+
+
+def test_the_vqgan_evaluation_is_against_kmeans_and_in_the_readme():
+    report = _read("vqgan-digits", "evaluation.json")
+    tokenizers = report["tokenizers"]
+    assert list(tokenizers) == ["vqgan-digits", "amused-digits"]
+    assert report["command"] == "python -m uvit_torch.evaluate --tokenizers vqgan-digits " \
+                                "amused-digits"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme.split("## The shipped models", 1)[1].split("\n## ", 1)[0]
+    for r in tokenizers.values():
+        assert r["frechet_ratio"] == pytest.approx(r["frechet_distance"] /
+                                                   r["frechet_real_vs_real"])
+        for text in (f"{r['psnr']:.2f}", f"{r['perplexity']:.1f}", f"{r['frechet_ratio']:.2f}",
+                     f"{r['paired_frechet_distance']:.2f}"):
+            assert text in section, text
+
+
+def test_both_packages_tokenize_with_the_shipped_vqgan():
+    from uvit_numpy.data import load_digits
+    from uvit_numpy.tokenizer import VQGANTokenizer
+    from uvit_torch.tokenizer import VQGANTokenizer as TorchVQGANTokenizer
+    held, _ = load_digits("held_out")
+    ours = VQGANTokenizer.from_pretrained(pretrained.path("vqgan-digits"))
+    port = TorchVQGANTokenizer.from_pretrained(pretrained.path("vqgan-digits"))
+    codes = ours.encode(held[:16])
+    assert np.array_equal(port.encode(held[:16]), codes)
+    np.testing.assert_allclose(port.decode(codes), ours.decode(codes), rtol=0, atol=1e-5)
+
+
+def test_the_amused_config_on_vqgan_codes_differs_only_in_its_tokenizer():
+    from uvit_numpy.tokenizer import VQGANTokenizer
+    ours, kmeans = TRAIN_CONFIGS["amused-vqgan-digits"], TRAIN_CONFIGS["amused-digits"]
+    assert {k: v for k, v in ours.items() if k != "tokenizer"} == \
+           {k: v for k, v in kmeans.items() if k != "tokenizer"}
+    vqgan = VQGANTokenizer.from_pretrained(pretrained.path(ours["tokenizer"]["vqgan"]))
+    assert vqgan.codebook_size == ours["model"]["codebook_size"]
+    assert vqgan.codebook_size == kmeans["tokenizer"]["codebook_size"]

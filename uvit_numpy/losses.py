@@ -1,11 +1,16 @@
-"""The two training losses, forward and backward, as `torch.nn.functional` defines them.
+"""The training losses, forward and backward, as `torch.nn.functional` defines them.
 
 * `mse_loss`: U-ViT's noise-prediction loss, the mean of (prediction - target)^2 over every element.
 * `cross_entropy`: aMUSEd's masked-token loss over logits (B, K, H, W) (or (N, K)), targets -100
   (`ignore_index`) where nothing is to be predicted, optional label smoothing.
+* `vq_autoencoder_loss`: a VQ-GAN's loss without the GAN, on the two outputs of
+  `VQModel(x, return_dict=False)`: the reconstruction error (L2 or L1) plus a weight times the
+  quantiser's own loss (its codebook and commitment terms).
 
 Each forward can hand back what its backward needs (`return_cache=True`), and each backward takes
 the upstream gradient of the scalar loss (1.0 when the loss is what is minimised) and that cache.
+A backward returns the gradient of each of the model's outputs: one array, or a tuple of them in
+the order the model returns them (the VQ autoencoder's: the image and the quantiser's loss).
 """
 
 import numpy as np
@@ -108,3 +113,58 @@ def cross_entropy_backward(dloss, cache):
     B, spatial = shape[0], shape[2:]
     g = g.reshape((B,) + tuple(spatial) + (K,))            # (B*H*W, K) -> (B, H, W, K)
     return np.moveaxis(g, -1, 1)                           # (B, H, W, K) -> (B, K, H, W)
+
+
+def l1_loss(input, target, return_cache=False):
+    """mean(|input - target|) over every element, a scalar of the input's dtype.
+
+    input, target: floating arrays of the same shape.
+    """
+    check_floating("l1_loss: input", input)
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(f"l1_loss: expected target shaped like input {tuple(input.shape)}, "
+                         f"got {tuple(target.shape)}")
+    diff = input - target
+    loss = np.mean(np.abs(diff))
+    return (loss, diff) if return_cache else loss
+
+
+def l1_loss_backward(dloss, cache):
+    """d mean|diff| / d input = sign(diff) / numel (0 where diff = 0, as torch), times dloss."""
+    diff = cache
+    return (float(dloss) / diff.size) * np.sign(diff)
+
+
+RECONSTRUCTION_LOSSES = {"l2": (mse_loss, mse_loss_backward), "l1": (l1_loss, l1_loss_backward)}
+
+
+def vq_autoencoder_loss(outputs, target, reconstruction="l2", quantizer_weight=1.0,
+                        return_cache=False):
+    """A VQ autoencoder's training loss: reconstruction + quantizer_weight * quantiser loss.
+
+    outputs: (sample (B, C, H, W), commit_loss ()), what `VQModel(x, return_dict=False)` returns;
+    target: (B, C, H, W), the images it was given. `reconstruction`: "l2" (mean squared error) or
+    "l1" (mean absolute error), over every element. commit_loss is diffusers' `VectorQuantizer`
+    loss (`functional.vq_loss`: a codebook and a commitment term), so
+        loss = rec(sample, target) + quantizer_weight * commit_loss.
+    Returns a 0-d array of the sample's dtype.
+    """
+    if reconstruction not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"vq_autoencoder_loss: expected reconstruction in "
+                         f"{sorted(RECONSTRUCTION_LOSSES)}, got {reconstruction!r}")
+    if not isinstance(outputs, tuple) or len(outputs) != 2:
+        raise TypeError("vq_autoencoder_loss: expected outputs = (sample, commit_loss), what "
+                        "VQModel(x, return_dict=False) returns")
+    sample, commit_loss = outputs
+    rec_fn, _ = RECONSTRUCTION_LOSSES[reconstruction]
+    rec, rec_cache = rec_fn(sample, target, return_cache=True)
+    loss = np.asarray(rec + quantizer_weight * commit_loss, dtype=sample.dtype)
+    return (loss, (reconstruction, rec_cache, quantizer_weight)) if return_cache else loss
+
+
+def vq_autoencoder_loss_backward(dloss, cache):
+    """Gradients of `vq_autoencoder_loss` w.r.t. its two inputs: (d sample (B, C, H, W), d
+    commit_loss, a number): the reconstruction's backward, and quantizer_weight * dloss."""
+    reconstruction, rec_cache, quantizer_weight = cache
+    _, rec_backward = RECONSTRUCTION_LOSSES[reconstruction]
+    return rec_backward(dloss, rec_cache), quantizer_weight * float(dloss)

@@ -16,6 +16,9 @@ config's `_sampling`). A progress bar (one tick per sampling step) goes to stand
 * amused-digits (masked tokens): `--steps` (MaskGIT decoding steps), `--guidance`
   (uncond + w (cond - uncond) on the logits, as aMUSEd, and only above 1), `--temperature` (the
   Gumbel temperature at the first step, annealed to 0).
+  The codes are decoded by the tokenizer the model was trained on, which its folder holds
+  (`tokenizer.safetensors` for k-means, `vqvae/` for a VQ-GAN); `--tokenizer` names another copy
+  of it (a VQ-GAN folder such as `uvit_numpy/pretrained/vqgan-digits`, or a k-means file).
 
 Every argument is checked before any work: an option that does not apply to the model is refused
 (`--temperature` with a diffusion model, `--scheduler` or `--eta` with a masked-token one, `--eta`
@@ -38,11 +41,19 @@ import time
 
 import numpy as np
 
-from .cli import (ArgumentParser, CommandError, add_threads_argument, non_negative_float,
-                  non_negative_int, output_file_with, positive_int, progress_bar, run_main,
-                  set_threads)
+from .cli import (
+    ArgumentParser,
+    CommandError,
+    add_threads_argument,
+    non_negative_float,
+    non_negative_int,
+    output_file_with,
+    positive_int,
+    progress_bar,
+    run_main,
+    set_threads,
+)
 from .schedulers import SCHEDULERS
-from .tokenizer import TOKENIZER_NAME
 from .weights import CONFIG_NAME, find_model_folder, read_config
 
 SCHEDULER_NAMES = tuple(SCHEDULERS)              # the registry's names
@@ -148,21 +159,47 @@ def describe(name_or_path):
     return DigitModel(kind, None, training, sampling, folder=folder)
 
 
-def load_digit_model(name_or_path, dtype=np.float32, classes=None):
+def load_digit_model(name_or_path, dtype=np.float32, classes=None, tokenizer=None):
     """Load a digit model (a shipped name or a folder) for sampling. Returns a DigitModel.
     classes: {"diffusion": UViT, "maskgit": UVit2DModel} of the package to load into (the NumPy
-    ones by default; `uvit_torch.sample` passes its own)."""
-    from .tokenizer import KMeansTokenizer
+    ones by default; `uvit_torch.sample` passes its own). tokenizer: for a masked-token model,
+    where its tokenizer is if not in its folder (a VQ-GAN folder or shipped name, a k-means
+    file); it must be of the kind the model was trained on, with as many codes."""
     if classes is None:
         from .uvit import UViT
         from .uvit2d import UVit2DModel
         classes = {"diffusion": UViT, "maskgit": UVit2DModel}
     folder = resolve_folder(name_or_path)
     kind, training, sampling = folder_info(folder)
+    if kind == "diffusion" and tokenizer is not None:
+        raise ValueError(f"{folder!r} is a diffusion model, which makes pixels: a tokenizer is "
+                         f"only for masked-token models")
+    tok = load_model_tokenizer(folder, training, tokenizer) if kind == "maskgit" else None
     model = classes[kind].from_pretrained(folder, dtype)
-    tokenizer = (KMeansTokenizer.load(os.path.join(folder, TOKENIZER_NAME))
-                 if kind == "maskgit" else None)
-    return DigitModel(kind, model, training, sampling, tokenizer, folder)
+    return DigitModel(kind, model, training, sampling, tok, folder)
+
+
+def load_model_tokenizer(folder, training, tokenizer=None):
+    """A masked-token model's tokenizer: its folder's, or `tokenizer` (a shipped VQ-GAN's name,
+    a VQ-GAN folder, a k-means file), checked against what the model was trained on (the kind,
+    k-means or VQ-GAN, and the number of codes) before any sampling."""
+    from . import pretrained
+    from .tokenizer import VQGANTokenizer, load_tokenizer
+    if tokenizer in pretrained.NAMES:
+        tokenizer = pretrained.path(tokenizer)
+    tok = load_tokenizer(folder if tokenizer is None else tokenizer)
+    cfg = training["config"]
+    trained_on = "vqgan" if "vqgan" in cfg["tokenizer"] else "kmeans"
+    given = "vqgan" if isinstance(tok, VQGANTokenizer) else "kmeans"
+    words = {"vqgan": "a VQ-GAN's", "kmeans": "k-means"}
+    if given != trained_on:
+        raise ValueError(f"{folder!r} was trained on {words[trained_on]} codes; the tokenizer "
+                         f"{tokenizer or folder!r} is {words[given]}")
+    K = cfg["model"]["codebook_size"]
+    if tok.codebook_size != K:
+        raise ValueError(f"{folder!r} predicts {K} codes; the tokenizer {tokenizer or folder!r} "
+                         f"has {tok.codebook_size}")
+    return tok
 
 
 def settings(digit_model, scheduler=None, steps=None, guidance_scale=None, temperature=None,
@@ -280,8 +317,8 @@ def sample_digits(digit_model, labels, seed=0, scheduler=None, steps=None, guida
     """
     from . import schedulers
     from .data import to_unit
-    from .sampling import sample
     from .maskgit import generate
+    from .sampling import sample
     labels = np.asarray(labels, dtype=np.int64)
     check_labels(digit_model, labels)
     s = settings(digit_model, scheduler, steps, guidance_scale, temperature, eta)
@@ -332,7 +369,7 @@ def grid_image(images, per_row):
 def save_grid(images, path, per_row):
     """A PNG of the digits, `per_row` to a row, white on black (matplotlib's imsave; the format
     follows the file name's suffix)."""
-    from matplotlib.image import imsave                 # no pyplot, no GUI backend needed
+    from matplotlib.image import imsave  # no pyplot, no GUI backend needed
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     imsave(path, grid_image(images, per_row), cmap="gray", vmin=0.0, vmax=1.0)
@@ -382,6 +419,9 @@ def build_parser(prog):
                         help="DDIM's noise weight in [0, 1] (default 0)")
     parser.add_argument("--temperature", type=non_negative_float,
                         help="masked tokens: first-step temperature")
+    parser.add_argument("--tokenizer", help="masked tokens: the tokenizer to decode with if not "
+                                            "the model folder's own (a VQ-GAN folder or shipped "
+                                            "name, a k-means .safetensors file)")
     add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -405,6 +445,9 @@ def check_command(parser, args, labels=None):
                      args.eta, names=OPTIONS)
     except ValueError as err:
         parser.error(str(err))
+    if getattr(args, "tokenizer", None) is not None and probe.kind == "diffusion":
+        parser.error(f"--tokenizer: {args.model} is a diffusion model, which makes pixels; a "
+                     f"tokenizer is only for masked-token models")
     for line in settings_warnings(probe, s, OPTIONS):
         print(f"warning: {line}", file=sys.stderr)
     return probe, s
@@ -423,7 +466,8 @@ def run_command(parser, args, load, sample_fn, torch=False):
     probe, s = check_command(parser, args)
     labels = np.repeat(args.labels, args.per_label)
     with set_threads(args.threads, torch=torch):
-        digit_model = load_or_fail(load, probe.folder)
+        digit_model = load_or_fail(lambda folder: load(folder, tokenizer=args.tokenizer),
+                                   probe.folder)
         tic = time.perf_counter()
         images = sample_fn(digit_model, labels, args.seed, args.scheduler, args.steps,
                            args.guidance, args.temperature, args.eta,

@@ -15,6 +15,12 @@ is right about 70 % of the time for free (`code_statistics` says how much).
     codes = tok.encode(images)          # (N, 28, 28) in [-1, 1] -> (N, 8, 8) int64
     images = tok.decode(codes)          # (N, 8, 8) -> (N, 28, 28) in [-1, 1]
     tok.save("tokenizer.safetensors"); KMeansTokenizer.load(...)
+
+`VQGANTokenizer` does the same job with a learned encoder, codebook and decoder: a diffusers
+`VQModel` trained on the padded digits by the `vqgan` task (`uvit_numpy.training`), the shipped
+`vqgan-digits`. Same methods, same (N, 8, 8) grids; its codes see beyond their own 4x4 patch.
+
+    tok = VQGANTokenizer.from_pretrained(pretrained.path("vqgan-digits"))
 """
 
 import os
@@ -24,6 +30,7 @@ import numpy as np
 from .checks import check_floating, check_integer, check_range, check_rank
 
 TOKENIZER_NAME = "tokenizer.safetensors"     # its file beside the model's weights in a folder
+VQGAN_NAME = "vqvae"                         # a VQ-GAN tokenizer's subfolder (aMUSEd's name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -51,6 +58,20 @@ def from_patches(patches, patch=4, pad=2):
     x = patches.reshape(N, h, w, patch, patch)            # (N, h, w, p1, p2)
     x = x.transpose(0, 1, 3, 2, 4).reshape(N, h * patch, w * patch)  # (N, H+2p, W+2p)
     return x[:, pad:h * patch - pad, pad:w * patch - pad]
+
+
+def pad_images(images, pad=2):
+    """(N, H, W) images in [-1, 1] -> (N, 1, H + 2 pad, W + 2 pad), padded with the background -1
+    as `to_patches` pads them: the VQ-GAN's input (one channel, NCHW)."""
+    check_floating("pad_images: images", images)
+    check_rank("pad_images: images", images, 3, "(N, H, W)")
+    x = np.pad(images, ((0, 0), (pad, pad), (pad, pad)), constant_values=-1.0)  # (N, H+2p, W+2p)
+    return x[:, None]                                     # (N, H+2p, W+2p) -> (N, 1, ., .)
+
+
+def crop_images(images, pad=2):
+    """The inverse of `pad_images`: (N, 1, H + 2 pad, W + 2 pad) -> (N, H, W)."""
+    return images[:, 0, pad:images.shape[2] - pad, pad:images.shape[3] - pad]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,6 +149,8 @@ class KMeansTokenizer:
     patches. `codebook`: (K, P*P) float32; `patch`, `pad`: the patching (28 + 2 * 2 = 32 = 8 * 4).
     """
 
+    NAME = TOKENIZER_NAME                    # what it is saved as in a masked-token model's folder
+
     def __init__(self, codebook, patch=4, pad=2, image_size=28):
         codebook = np.asarray(codebook, dtype=np.float32)
         if codebook.ndim != 2 or codebook.shape[1] != patch * patch:
@@ -201,10 +224,134 @@ class KMeansTokenizer:
             raise ValueError(f"{path!r} is not a tokenizer file: its header has no {err}") from None
 
 
+class VQGANTokenizer:
+    """Digits (N, 28, 28) in [-1, 1] <-> codes (N, 8, 8) in [0, K), through a trained `VQModel`
+    (`lookup_from_codebook`, one input channel): pad to 32x32 with the background, encode and take
+    the nearest codes; decode looks the codes up, decodes, cuts the padding and clips to [-1, 1].
+
+    model: a `uvit_numpy.vq_model.VQModel` (or any object with its `encode`, `quantize`, `decode`
+    and `config`); pad, image_size: the padding the model was trained with (its folder's
+    `_tokenizer` entry). The methods are `KMeansTokenizer`'s, so a masked-token model's training
+    and sampling take either.
+    """
+
+    NAME = VQGAN_NAME                        # what it is saved as in a masked-token model's folder
+
+    def __init__(self, model, pad=2, image_size=28, record=None):
+        config = model.config
+        if not config.get("lookup_from_codebook") or config.get("in_channels") != 1:
+            raise ValueError(f"VQGANTokenizer: expected a VQModel with one input channel and "
+                             f"lookup_from_codebook=True, got in_channels "
+                             f"{config.get('in_channels')}, lookup_from_codebook "
+                             f"{config.get('lookup_from_codebook')}")
+        side = image_size + 2 * pad
+        levels = len(config["block_out_channels"])
+        if side % 2 ** (levels - 1):
+            raise ValueError(f"VQGANTokenizer: image_size {image_size} + 2 * pad {pad} = {side} "
+                             f"does not halve exactly {levels - 1} times")
+        self.model, self.pad, self.image_size, self.record = model, pad, image_size, record
+        self.grid = side // 2 ** (levels - 1)
+        self.embed_dim = config["vq_embed_dim"] or config["latent_channels"]
+
+    @property
+    def codebook_size(self):
+        return self.model.config["num_vq_embeddings"]
+
+    @classmethod
+    def from_pretrained(cls, folder, dtype=np.float32):
+        """The tokenizer of a VQModel folder the `vqgan` task wrote (its `_tokenizer` entry holds
+        the padding); NumPy only."""
+        from .weights import find_model_folder, read_config
+        folder = find_model_folder(folder, VQGAN_NAME)
+        config = read_config(folder)
+        info = config.get("_tokenizer")
+        if config.get("_class_name") != "VQModel" or not info:
+            raise ValueError(f"{folder!r} holds no VQ-GAN tokenizer of this project: expected "
+                             f"a VQModel's config.json with a _tokenizer entry (pad, image_size)")
+        return cls(cls.load_model(folder, dtype), info["pad"], info["image_size"],
+                   record=config.get("_training"))
+
+    @staticmethod
+    def load_model(folder, dtype):
+        """The VQModel of `folder` (NumPy's; `uvit_torch.tokenizer` loads torch's)."""
+        from .vq_model import VQModel
+        return VQModel.from_pretrained(folder, dtype)
+
+    def save(self, folder):
+        """The VQModel as a diffusers folder, with its padding (`_tokenizer`) and the record of
+        the run that trained it (`_training`), so that the copy says where it came from."""
+        self.model.save_pretrained(folder, training=self.record,
+                                   tokenizer={"pad": self.pad, "image_size": self.image_size})
+
+    def encode(self, images, batch_size=500):
+        """(N, 28, 28) floats in [-1, 1] -> (N, 8, 8) int64 code ids (in batches)."""
+        check_floating("VQGANTokenizer.encode: images", images)
+        check_rank("VQGANTokenizer.encode: images", images, 3, "(N, H, W)")
+        if images.shape[1:] != (self.image_size, self.image_size):
+            raise ValueError(f"VQGANTokenizer.encode: expected images of {self.image_size}x"
+                             f"{self.image_size}, got {images.shape[1]}x{images.shape[2]}")
+        x = pad_images(images.astype(np.float32), self.pad)           # (N, 1, 32, 32)
+        out = [self._codes(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+        return np.concatenate(out).astype(np.int64)
+
+    def decode(self, codes, batch_size=500):
+        """(N, 8, 8) code ids -> (N, 28, 28) float images in [-1, 1] (the decoder's output cut
+        and clipped: the decoder is not bounded)."""
+        check_integer("VQGANTokenizer.decode: codes", codes)
+        check_rank("VQGANTokenizer.decode: codes", codes, 3, "(N, h, w)")
+        check_range("VQGANTokenizer.decode: codes", codes, 0, self.codebook_size)
+        out = [crop_images(self._pixels(codes[start:start + batch_size]), self.pad)
+               for start in range(0, len(codes), batch_size)]          # (b, 1, 32, 32) -> 28
+        return np.clip(np.concatenate(out), -1.0, 1.0)
+
+    def _codes(self, x):
+        """The model's part of `encode`: padded images (b, 1, 32, 32) -> codes (b, 8, 8)."""
+        h = self.model.encode(x.astype(self.model.dtype)).latents      # (b, C, 8, 8)
+        _, _, (_, _, idx) = self.model.quantize(h)                      # (b*8*8,)
+        return idx.reshape(len(h), self.grid, self.grid)                # -> (b, 8, 8)
+
+    def _pixels(self, codes):
+        """The model's part of `decode`: codes (b, 8, 8) -> padded images (b, 1, 32, 32)."""
+        shape = (len(codes), codes.shape[1], codes.shape[2], self.embed_dim)  # (b, h, w, C)
+        return self.model.decode(codes, force_not_quantize=True, shape=shape).sample
+
+    def decode_partial(self, codes, mask_token_id, fill=0.0):
+        """Like `decode`, for a grid that still holds mask tokens: each masked cell is decoded as
+        the background's code (a code's pixels depend on its neighbours too), then its square of
+        pixels is painted `fill`."""
+        check_integer("VQGANTokenizer.decode_partial: codes", codes)
+        masked = codes == mask_token_id                                 # (N, h, w)
+        blank = self.encode(np.full((1, self.image_size, self.image_size), -1.0,
+                                    dtype=np.float32))[0, 0, 0]        # the empty corner's code
+        images = pad_images(self.decode(np.where(masked, blank, codes)), self.pad)[:, 0]
+        cell = (self.image_size + 2 * self.pad) // self.grid            # pixels per code
+        paint = np.repeat(np.repeat(masked, cell, axis=1), cell, axis=2)  # (N, 32, 32)
+        images = np.where(paint, np.float32(fill), images)
+        return images[:, self.pad:-self.pad, self.pad:-self.pad]
+
+
+def load_tokenizer(path):
+    """The tokenizer at `path`: a VQ-GAN folder (config.json with `_tokenizer`), a k-means file
+    (`tokenizer.safetensors`), or a masked-token model's folder holding either (`vqvae/` first)."""
+    if os.path.isfile(path):
+        return KMeansTokenizer.load(path)
+    if os.path.isdir(os.path.join(path, VQGAN_NAME)):
+        return VQGANTokenizer.from_pretrained(os.path.join(path, VQGAN_NAME))
+    if os.path.isfile(os.path.join(path, TOKENIZER_NAME)):
+        return KMeansTokenizer.load(os.path.join(path, TOKENIZER_NAME))
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return VQGANTokenizer.from_pretrained(path)       # names what is wrong if it is not one
+    raise FileNotFoundError(f"no tokenizer at {path!r}: expected a VQ-GAN folder (config.json), "
+                            f"a {TOKENIZER_NAME} file, or a folder holding {VQGAN_NAME}/ or "
+                            f"{TOKENIZER_NAME}")
+
+
 def psnr(images, reconstructions):
     """Peak signal-to-noise ratio in dB of images in [-1, 1], measured on the [0, 1] scale:
     10 log10(1 / MSE) over all pixels."""
     mse = np.mean(((images - reconstructions) / 2.0) ** 2)
+    if mse == 0:
+        return float("inf")                               # a lossless round trip
     return float(10.0 * np.log10(1.0 / mse))
 
 

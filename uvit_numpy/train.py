@@ -19,9 +19,12 @@ from . import training as T
 from .cli import blas_threads, set_threads
 from .optim import EMA, AdamW, clip_grad_norm
 
-# The task's loss by name: (forward with return_cache, backward(1.0, cache)).
+# The task's loss by name: (forward with return_cache, backward(1.0, cache)). A backward returns
+# the gradient of the model's output, or a tuple with one per output when the model returns
+# several (the VQ autoencoder's image and quantiser loss), which go to `model.backward` in order.
 LOSSES = {"mse": (losses.mse_loss, losses.mse_loss_backward),
-          "cross_entropy": (losses.cross_entropy, losses.cross_entropy_backward)}
+          "cross_entropy": (losses.cross_entropy, losses.cross_entropy_backward),
+          "vq_autoencoder": (losses.vq_autoencoder_loss, losses.vq_autoencoder_loss_backward)}
 
 
 class NumpyBackend(T.Backend):
@@ -49,7 +52,8 @@ class NumpyBackend(T.Backend):
         loss_fn, loss_backward = LOSSES[self.task.loss]
         loss, cache = loss_fn(self.model(*inputs), target, return_cache=True,
                               **self.task.loss_options)
-        self.model.backward(loss_backward(1.0, cache))
+        grads = loss_backward(1.0, cache)
+        self.model.backward(*(grads if isinstance(grads, tuple) else (grads,)))
         grad_norm = clip_grad_norm(self.model, self.cfg["grad_clip"] or float("inf"))
         return float(loss), grad_norm
 

@@ -2,13 +2,17 @@
 loss log. Torch-free, so the NumPy trainer (`uvit_numpy.train`) and the torch trainer
 (`uvit_torch.train`) run the same loop on the same draws and can replay the same run.
 
-**The contract.** A *task* (`DiffusionTask`, `MaskGITTask`) is everything about a model that does
-not depend on the framework: its data, the random draws of each step, the tokenizer, the initial
-weights, what the network is fed and what it must output, the loss, and the exported model folder.
+**The contract.** A *task* (`DiffusionTask`, `MaskGITTask`, `VQGANTask`) is everything about a
+model that does not depend on the framework: its data, the random draws of each step, the
+tokenizer, the initial weights, what the network is fed and what it must output, the loss, and the
+exported model folder.
 A *backend* (`Backend`, implemented by `uvit_numpy.train.NumpyBackend` and
 `uvit_torch.train.TorchBackend`) is the model in one framework: one step's loss and gradients, the
 optimizer and the EMA, their state for a checkpoint. `run` drives the two: resume, then for each
 step draw the batch, forward and backward, update, log, checkpoint; at the end export `model/`.
+A task may also change the weights between steps, outside the gradient (`refreshes(step)`, then
+`refresh`: the VQ-GAN's dead-code restarts), on the backend's state in the checkpoint's layout
+(`Backend.state`, `Backend.load_state`), so that the change is framework-free too.
 
 **Randomness as a pure function of (seed, step).** Every random number of step n (which digits
 are in the batch, which labels are dropped to the null class, the timesteps and the noise, or the
@@ -100,6 +104,37 @@ TRAIN_CONFIGS = {
         betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
         checkpoint_every=10, log_every=5,
         sampling=dict(steps=4, guidance_scale=3.0, temperature=(2.0, 0.0))),
+    # The shipped VQ-GAN: diffusers' VQModel in aMUSEd's layout (DownEncoderBlock2D /
+    # UpDecoderBlock2D, two resnets a level, no mid-block attention, codes looked up by index) at
+    # small widths, on the digits padded to 32x32 as the k-means tokenizer pads them: three levels
+    # (two down-samplings) give the same 8x8 grid of K = 256 codes. No GAN: see README.
+    "vqgan-digits": dict(
+        task="vqgan",
+        model=dict(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 3,
+                   up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[8, 16, 32],
+                   layers_per_block=2, act_fn="silu", latent_channels=16, sample_size=32,
+                   num_vq_embeddings=256, norm_num_groups=4, vq_embed_dim=None,
+                   scaling_factor=0.18215, norm_type="group", mid_block_add_attention=False,
+                   lookup_from_codebook=True, force_upcast=False),
+        pad=2, reconstruction="l2", quantizer_weight=1.0,
+        restart_dead_codes=dict(every=100, digits=128),
+        batch_size=32, steps=2000, lr=1e-3, warmup_steps=100, weight_decay=0.0,
+        betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
+        checkpoint_every=200, log_every=25),
+    # A few-second VQ-GAN for tests (the NumPy and torch trainers replay each other on it).
+    "vqgan-tiny": dict(
+        task="vqgan",
+        model=dict(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 3,
+                   up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[4, 8, 8],
+                   layers_per_block=1, act_fn="silu", latent_channels=4, sample_size=32,
+                   num_vq_embeddings=32, norm_num_groups=2, vq_embed_dim=None,
+                   scaling_factor=0.18215, norm_type="group", mid_block_add_attention=False,
+                   lookup_from_codebook=True, force_upcast=False),
+        pad=2, reconstruction="l2", quantizer_weight=1.0,
+        restart_dead_codes=dict(every=2, digits=16),
+        batch_size=8, steps=20, lr=2e-3, warmup_steps=5, weight_decay=0.0,
+        betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
+        checkpoint_every=10, log_every=5),
     # A few-second version for tests and smoke runs (not a model that makes digits).
     "uvit-tiny": dict(
         task="diffusion",
@@ -130,6 +165,12 @@ TRAIN_CONFIGS = {
         checkpoint_every=5000, log_every=100,
         sampling=dict(scheduler="dpmsolver++", steps=50, guidance_scale=1.0)),
 }
+
+# amused-digits on the shipped VQ-GAN's codes instead of k-means' (README: not run here yet; the
+# sampling defaults are those chosen for the k-means codes).
+TRAIN_CONFIGS["amused-vqgan-digits"] = {**TRAIN_CONFIGS["amused-digits"],
+                                        "tokenizer": dict(vqgan="vqgan-digits")}
+
 
 def train_config(name, **overrides):
     """A copy of `TRAIN_CONFIGS[name]` with top-level `overrides` applied (None values ignored)."""
@@ -169,7 +210,7 @@ def ema_decay(step, max_decay):
 # --------------------------------------------------------------------------------------------------
 # The run's randomness
 # --------------------------------------------------------------------------------------------------
-STREAM_EPOCH, STREAM_STEP = 0, 1
+STREAM_EPOCH, STREAM_STEP, STREAM_REFRESH = 0, 1, 2
 
 
 def step_rng(seed, step):
@@ -247,11 +288,53 @@ def maskgit_batch(codes, labels, cfg, seed, step, dtype=np.float32):
 
 
 def fit_tokenizer(cfg, images, seed):
-    """The run's k-means tokenizer, fitted on the training digits with the config's settings."""
-    from .tokenizer import KMeansTokenizer
+    """The run's tokenizer: the k-means one, fitted on the training digits with the config's
+    settings, or, for `tokenizer=dict(vqgan=NAME_OR_FOLDER)`, a trained VQ-GAN (a shipped name
+    such as "vqgan-digits", or the `model/` folder of a `vqgan` run), loaded as it is."""
+    from .tokenizer import KMeansTokenizer, VQGANTokenizer
     t = cfg["tokenizer"]
+    if "vqgan" in t:
+        tokenizer = VQGANTokenizer.from_pretrained(tokenizer_folder(t["vqgan"]))
+        K = cfg["model"]["codebook_size"]
+        if tokenizer.codebook_size != K:
+            raise ValueError(f"tokenizer: the VQ-GAN {t['vqgan']!r} has {tokenizer.codebook_size} "
+                             f"codes, but the model's codebook_size is {K}")
+        return tokenizer
     return KMeansTokenizer.fit(images, t["codebook_size"], t["patch"], t["pad"], t["iterations"],
                                t["sample"], seed)
+
+
+def tokenizer_folder(name_or_path):
+    """A shipped VQ-GAN's folder by name, or the given folder."""
+    from . import pretrained
+    return pretrained.path(name_or_path) if name_or_path in pretrained.NAMES else name_or_path
+
+
+def restart_dead_codes(codebook, z):
+    """k-means' rule for an empty cluster (`tokenizer.kmeans_step`) on a VQ-GAN's codebook: every
+    code that none of the vectors z chose is moved onto one of the vectors that are worst fitted
+    now (the largest squared distance to their nearest code), the worst first.
+
+    codebook: (K, C); z: (N, C) encoder outputs, N > K. Returns (the new codebook (K, C), the
+    indices of the codes that were moved (D,)). A dead code gets no gradient (the codebook term
+    moves only the codes chosen), so without this it stays where it is for the rest of the run.
+    """
+    from .functional import nearest_code
+    K = len(codebook)
+    chosen = nearest_code(z, codebook)                             # (N,)
+    dead = np.flatnonzero(np.bincount(chosen, minlength=K) == 0)   # (D,)
+    err = np.sum((z - codebook[chosen]) ** 2, axis=1)               # (N,)
+    worst = np.argsort(-err, kind="stable")[:len(dead)]             # the worst-fitted first
+    new = codebook.copy()
+    new[dead] = z[worst]
+    return new, dead
+
+
+def vqgan_batch(images, cfg, seed, step, dtype=np.float32):
+    """Step `step`'s batch of the VQ-GAN task: {"x": (B, 1, 32, 32)}, the padded digits of the
+    step's indices (`batch_indices`); nothing else is random."""
+    idx = batch_indices(seed, step, cfg["batch_size"], len(images))
+    return {"x": images[idx].astype(dtype)}
 
 
 def mask_tokens(tokens, rng, mask_token_id, ignore_index=-100):
@@ -333,6 +416,10 @@ class DiffusionTask:
         """The number of terms the loss averages over: every element of the target."""
         return math.prod(tuple(batch["x0"].shape))
 
+    def refreshes(self, step):
+        """Whether `refresh` changes the weights after step `step`: never for this task."""
+        return False
+
     def export(self, folder, ema_state, info):
         """`model/`: the EMA weights and config.json with the run's record and sampling defaults."""
         model = self.build(0)
@@ -342,9 +429,10 @@ class DiffusionTask:
 
 
 class MaskGITTask:
-    """UVit2DModel masked-token prediction on the k-means codes of the digits: the cross-entropy
-    (label smoothing) over the masked positions only (targets -100 elsewhere). The tokenizer is
-    fitted once, from the run's seed, when the task is built for a run (`build`)."""
+    """UVit2DModel masked-token prediction on the codes of the digits: the cross-entropy (label
+    smoothing) over the masked positions only (targets -100 elsewhere). The tokenizer is the
+    config's (`fit_tokenizer`: k-means, fitted once from the run's seed, or a trained VQ-GAN),
+    made when the task is built for a run (`build`)."""
 
     loss = "cross_entropy"
 
@@ -378,17 +466,108 @@ class MaskGITTask:
         from image to image (so a shard's own mean is not its share of the batch's mean)."""
         return int((batch["targets"] != -100).sum())
 
+    def refreshes(self, step):
+        """Whether `refresh` changes the weights after step `step`: never for this task."""
+        return False
+
     def export(self, folder, ema_state, info):
-        """`model/`: the EMA weights, config.json with the run's record, and the tokenizer."""
-        from .tokenizer import TOKENIZER_NAME
+        """`model/`: the EMA weights, config.json with the run's record, and the tokenizer
+        (`tokenizer.safetensors` for k-means, the VQ-GAN's folder `vqvae/` as aMUSEd's pipelines
+        hold it)."""
         model = self.build(0)
         model.load_state_dict(ema_state)
         model.save_pretrained(folder, training={"config": self.cfg, **info},
                               sampling=self.cfg.get("sampling"))
-        self.tokenizer.save(os.path.join(folder, TOKENIZER_NAME))
+        self.tokenizer.save(os.path.join(folder, self.tokenizer.NAME))
 
 
-TASKS = {"diffusion": DiffusionTask, "maskgit": MaskGITTask}
+class VQGANTask:
+    """diffusers' VQModel learning to be the digits' tokenizer: each digit padded to 32x32 with
+    the background, as the k-means tokenizer pads it, encoded, quantised to its nearest codes and
+    decoded. The loss (`losses.vq_autoencoder_loss`) is the reconstruction error (the config's
+    `reconstruction`, "l2" or "l1", over the 32x32 image) plus `quantizer_weight` times the
+    quantiser's own loss (codebook and commitment terms, diffusers' `VectorQuantizer`). No
+    discriminator, no perceptual loss: a GAN-less VQ-GAN, a VQ-VAE in aMUSEd's VQ-GAN's body."""
+
+    loss = "vq_autoencoder"
+
+    def __init__(self, cfg, dtype, data=None):
+        from .tokenizer import pad_images
+        self.cfg, self.dtype = cfg, np.dtype(dtype)
+        self.loss_options = {"reconstruction": cfg["reconstruction"],
+                             "quantizer_weight": cfg["quantizer_weight"]}
+        images, self.labels = load_digits("train")
+        self.image_size = images.shape[-1]
+        self.images = pad_images(images, cfg["pad"])               # (N, 1, 32, 32)
+
+    def build(self, seed=None):
+        """The NumPy VQModel of the config; `seed` draws its initial weights (diffusers' init:
+        torch's defaults, the codebook U(-1/K, 1/K))."""
+        from .vq_model import VQModel
+        return VQModel(**self.cfg["model"], dtype=self.dtype, rng=seed)
+
+    def batch(self, seed, step):
+        """Step `step`'s padded digits (`vqgan_batch`)."""
+        return vqgan_batch(self.images, self.cfg, seed, step, self.dtype)
+
+    def inputs_and_target(self, batch, schedulers=None):
+        """The model is called as VQModel(x, return_dict=False), so that it returns the two
+        outputs the loss takes, (sample, commit_loss); the target is x itself."""
+        return (batch["x"], False), batch["x"]
+
+    def count(self, batch):
+        """The terms of the loss: the images (both of its means are over a number of elements
+        proportional to them)."""
+        return len(batch["x"])
+
+    def refreshes(self, step):
+        """Whether `refresh` restarts dead codes after step `step`: every
+        `restart_dead_codes["every"]` steps, if the config asks for it (None: never)."""
+        restart = self.cfg.get("restart_dead_codes")
+        return bool(restart) and step % restart["every"] == 0
+
+    def refresh(self, arrays, seed, step, say=None):
+        """Dead-code restarts on a backend's state `arrays` (the checkpoint's layout): the
+        current encoder (`model.*`, in NumPy) encodes `restart_dead_codes["digits"]` training
+        digits drawn from (seed, step), and `restart_dead_codes` moves every code that none of
+        their vectors chose onto the worst-fitted ones, in the weights and in their average
+        (`ema.*`); AdamW's moments of the moved codes start again from zero. Returns the
+        arrays, changed; `say` gets a line with the number of codes moved."""
+        from .module import NoDraws
+        from .vq_model import VQModel
+        key = "quantize.embedding.weight"
+        model = VQModel(**self.cfg["model"], dtype=self.dtype, rng=NoDraws()).eval()
+        model.load_state_dict(split_prefix(arrays, "model."))
+        rng = np.random.default_rng([seed, STREAM_REFRESH, step])
+        idx = rng.choice(len(self.images), self.cfg["restart_dead_codes"]["digits"],
+                         replace=False)
+        h = model.encode(self.images[idx].astype(self.dtype)).latents     # (M, C, 8, 8)
+        z = h.transpose(0, 2, 3, 1).reshape(-1, h.shape[1])              # (M*8*8, C)
+        codebook, dead = restart_dead_codes(arrays[f"model.{key}"], z)
+        arrays = dict(arrays)
+        arrays[f"model.{key}"] = codebook
+        ema = arrays[f"ema.{key}"].copy()
+        ema[dead] = codebook[dead]
+        arrays[f"ema.{key}"] = ema
+        for moment in ("exp_avg", "exp_avg_sq"):
+            name = f"optim.{moment}.{key}"
+            if name in arrays:                                 # AdamW has seen the codebook
+                arrays[name] = arrays[name].copy()
+                arrays[name][dead] = 0.0
+        if say is not None and len(dead):
+            say(f"step {step}: {len(dead)} dead codes restarted")
+        return arrays
+
+    def export(self, folder, ema_state, info):
+        """`model/`: the EMA weights and config.json with the run's record and `_tokenizer` (the
+        padding), which `tokenizer.VQGANTokenizer.from_pretrained` reads."""
+        model = self.build(0)
+        model.load_state_dict(ema_state)
+        model.save_pretrained(folder, training={"config": self.cfg, **info},
+                              tokenizer={"pad": self.cfg["pad"], "image_size": self.image_size})
+
+
+TASKS = {"diffusion": DiffusionTask, "maskgit": MaskGITTask, "vqgan": VQGANTask}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -710,6 +889,10 @@ def run(cfg, out, backend, resume=False, seed=0, dtype="float32", progress=True,
                 bar.close()                           # the message goes on a line of its own
         lr = warmup_lr(step, cfg["lr"], cfg["warmup_steps"])
         backend.optimizer_step(lr, ema_decay(step, cfg["ema_decay"]))
+        if task.refreshes(step):                      # weights changed outside the gradient
+            arrays, optimizer_steps = backend.state()
+            backend.load_state(task.refresh(arrays, seed, step, say=say if is_main else None),
+                               optimizer_steps)
         seconds = time.perf_counter() - tic
         elapsed += seconds
         window.append(loss)

@@ -3,6 +3,7 @@
     python -m uvit_torch.evaluate uvit-digits                 # 100 digits per class, defaults
     python -m uvit_torch.evaluate amused-digits --guidance 5 --json report.json
     python -m uvit_torch.evaluate runs/uvit-digits/model --backend numpy
+    python -m uvit_torch.evaluate --tokenizers vqgan-digits amused-digits --json table.json
     python -m uvit_torch.evaluate --train-classifier uvit_numpy/pretrained/digit-classifier
 
 Every argument is checked before any sampling, as `python -m uvit_numpy.sample` checks its own
@@ -34,9 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from uvit_numpy.cli import (ArgumentParser, CommandError, add_threads_argument,
-                            non_negative_float, non_negative_int, output_file_with,
-                            output_folder, positive_int, run_main, set_threads)
+from uvit_numpy.cli import (
+    ArgumentParser,
+    CommandError,
+    add_threads_argument,
+    non_negative_float,
+    non_negative_int,
+    output_file_with,
+    output_folder,
+    positive_int,
+    run_main,
+    set_threads,
+)
 from uvit_numpy.data import load_digits, to_unit
 from uvit_numpy.sample import SCHEDULER_NAMES
 from uvit_numpy.weights import read_config
@@ -196,6 +206,85 @@ def evaluate_images(images, labels, classifier=None):
     }
 
 
+def evaluate_tokenizer(tokenizer, classifier=None):
+    """How much of the digits a tokenizer keeps (any object with `encode` (N, 28, 28) -> codes
+    (N, h, w) and `decode` back, and `codebook_size`: k-means or a VQ-GAN). Returns a dict:
+
+    * on the 500 held-out digits: `psnr` of their reconstructions, `held_out_class_accuracy` (the
+      classifier on them), `paired_frechet_distance` (reconstructions against the originals in
+      the classifier's features: the distortion alone, no sampling) and their code statistics;
+    * the codes of the 4,500 training digits (what a masked-token model learns): `used`,
+      `perplexity` (exp of the codes' entropy), `top_share` (the most frequent code's);
+    * `frechet_ratio`: the floor of a masked-token model's Frechet ratio. The 1,000 training
+      digits that a 1,000-sample evaluation measures real-vs-real with (`balanced_subset`, 100
+      a class) are reconstructed, and their distance to the held-out digits is divided by theirs
+      unreconstructed: a model that drew exactly those digits' codes would score this.
+    """
+    from uvit_numpy.tokenizer import code_statistics, psnr
+    classifier = classifier or load_classifier()
+    K = tokenizer.codebook_size
+    train_x, train_y = load_digits("train")
+    held_x, held_y = load_digits("held_out")
+    held_codes = tokenizer.encode(held_x)
+    held_rec = tokenizer.decode(held_codes)
+    pred, feats = predict(classifier, to_unit(held_rec))
+    _, held_feats = predict(classifier, to_unit(held_x))
+    train_stats = code_statistics(tokenizer.encode(train_x), K)
+    held_stats = code_statistics(held_codes, K)
+    ref_x, _ = balanced_subset(train_x, train_y, 100)
+    ref_rec = to_unit(tokenizer.decode(tokenizer.encode(ref_x)))
+    _, ref_feats = predict(classifier, to_unit(ref_x))
+    _, ref_rec_feats = predict(classifier, ref_rec)
+    fd_rec = frechet_distance(ref_rec_feats, held_feats)
+    fd_real = frechet_distance(ref_feats, held_feats)
+    return {
+        "codebook_size": int(K), "psnr": psnr(held_x, held_rec),
+        "held_out_class_accuracy": float(np.mean(pred == held_y)),
+        "paired_frechet_distance": frechet_distance(feats, held_feats),
+        "used": train_stats["used"], "perplexity": train_stats["perplexity"],
+        "top_share": train_stats["top_share"],
+        "held_out_used": held_stats["used"], "held_out_perplexity": held_stats["perplexity"],
+        "frechet_distance": fd_rec, "frechet_real_vs_real": fd_real,
+        "frechet_ratio": fd_rec / fd_real,
+    }
+
+
+TOKENIZER_ROWS = (
+    ("psnr", "PSNR of held-out reconstructions, dB", "{:.2f}"),
+    ("held_out_class_accuracy", "class accuracy of held-out reconstructions", "{:.3f}"),
+    ("paired_frechet_distance", "Frechet distance, held-out reconstructions to originals",
+     "{:.2f}"),
+    ("used", "codes used (training digits)", "{:d}"),
+    ("perplexity", "perplexity of the codes (training digits)", "{:.1f}"),
+    ("top_share", "share of the most frequent code", "{:.3f}"),
+    ("frechet_ratio", "Frechet ratio of reconstructions (the floor of a masked-token model)",
+     "{:.2f}"),
+)
+
+
+def format_tokenizer_table(reports):
+    """The tokenizer reports {name: report} side by side, one row per measure."""
+    names = list(reports)
+    width = max(len(label) for _, label, _ in TOKENIZER_ROWS) + 2
+    lines = [" " * width + "".join(f"{n:>16}" for n in names)]
+    for key, label, fmt in TOKENIZER_ROWS:
+        lines.append(f"{label:<{width}}" + "".join(f"{fmt.format(reports[n][key]):>16}"
+                                                   for n in names))
+    return "\n".join(lines)
+
+
+def load_any_tokenizer(name_or_path):
+    """A tokenizer by shipped name or path: a VQ-GAN (run in torch, `uvit_torch.tokenizer`) or
+    the k-means tokenizer of a masked-token model's folder."""
+    from uvit_numpy import pretrained
+    from uvit_numpy.tokenizer import VQGANTokenizer, load_tokenizer
+
+    from .tokenizer import VQGANTokenizer as TorchVQGANTokenizer
+    path = pretrained.path(name_or_path) if name_or_path in pretrained.NAMES else name_or_path
+    tok = load_tokenizer(path)
+    return TorchVQGANTokenizer.from_numpy(tok) if isinstance(tok, VQGANTokenizer) else tok
+
+
 def format_report(r, title):
     accs = " ".join(f"{c}:{a:.2f}" for c, a in enumerate(r["per_class_accuracy"]))
     return "\n".join([
@@ -232,6 +321,10 @@ def build_parser():
                         help="also write the report to this JSON file")
     parser.add_argument("--train-classifier", metavar="FOLDER", type=output_folder,
                         help="train the digit classifier (seed 0) into FOLDER instead")
+    parser.add_argument("--tokenizers", nargs="+", metavar="NAME",
+                        help="judge tokenizers instead, side by side (`evaluate_tokenizer`): "
+                             "VQ-GANs (vqgan-digits or a folder) and the k-means tokenizers of "
+                             "masked-token models (amused-digits or a folder)")
     add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -287,13 +380,33 @@ def run_evaluation(parser, args):
     return 0
 
 
+def tokenizer_command(args):
+    """`--tokenizers A B ...`: the table of `evaluate_tokenizer`, and the JSON of the reports."""
+    try:
+        tokenizers = {name: load_any_tokenizer(name) for name in args.tokenizers}
+        classifier = load_classifier(args.classifier)
+    except (OSError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    tic = time.perf_counter()
+    reports = {name: evaluate_tokenizer(tok, classifier) for name, tok in tokenizers.items()}
+    print(format_tokenizer_table(reports))
+    print(f"({time.perf_counter() - tic:.0f} s)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"tokenizers": reports, "command": "python -m uvit_torch.evaluate "
+                       "--tokenizers " + " ".join(args.tokenizers)}, f, indent=2)
+    return 0
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.train_classifier and not args.model:
-        parser.error("expected a model (uvit-digits, amused-digits or a folder), or "
-                     "--train-classifier FOLDER")
+    if not args.train_classifier and not args.model and not args.tokenizers:
+        parser.error("expected a model (uvit-digits, amused-digits or a folder), "
+                     "--tokenizers NAME ..., or --train-classifier FOLDER")
     with set_threads(args.threads, torch=True):
+        if args.tokenizers:
+            return run_main(tokenizer_command, args)
         if args.train_classifier:
             return run_main(run_train_classifier, args.train_classifier)
         return run_main(run_evaluation, parser, args)

@@ -23,11 +23,21 @@ from uvit_numpy.sample import run_command, settings
 from . import schedulers
 
 
-def load_digit_model(name_or_path, dtype=torch.float32):
-    """Load a digit model (a shipped name or a folder) as torch modules. Returns a DigitModel."""
+def load_digit_model(name_or_path, dtype=torch.float32, tokenizer=None):
+    """Load a digit model (a shipped name or a folder) as torch modules. Returns a DigitModel.
+    `tokenizer`: see `uvit_numpy.sample.load_digit_model`; a VQ-GAN tokenizer runs in torch too
+    (`uvit_torch.tokenizer`), k-means stays NumPy's (a table look-up)."""
+    from uvit_numpy.tokenizer import VQGANTokenizer as NumpyVQGANTokenizer
+
+    from .tokenizer import VQGANTokenizer
     from .uvit import UViT
     from .uvit2d import UVit2DModel
-    return np_load_digit_model(name_or_path, dtype, {"diffusion": UViT, "maskgit": UVit2DModel})
+    digit_model = np_load_digit_model(name_or_path, dtype,
+                                      {"diffusion": UViT, "maskgit": UVit2DModel},
+                                      tokenizer=tokenizer)
+    if isinstance(digit_model.tokenizer, NumpyVQGANTokenizer):
+        digit_model.tokenizer = VQGANTokenizer.from_numpy(digit_model.tokenizer)
+    return digit_model
 
 
 @torch.no_grad()

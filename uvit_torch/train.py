@@ -48,31 +48,46 @@ from uvit_numpy import training as T
 from uvit_numpy.cli import positive_int, set_threads
 
 from . import distributed, schedulers
-from .losses import cross_entropy, mse_loss
+from .losses import cross_entropy, mse_loss, vq_autoencoder_loss
 from .uvit import UViT, UViTText
 from .uvit2d import UVit2DModel
+from .vq_model import VQModel
 
 TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
-TWINS = {N.UViT: UViT, N.UViTText: UViTText, N.UVit2DModel: UVit2DModel}
+TWINS = {N.UViT: UViT, N.UViTText: UViTText, N.UVit2DModel: UVit2DModel, N.VQModel: VQModel}
 """The torch class of each NumPy model a task builds."""
 
 
 # --------------------------------------------------------------------------------------------------
 # The task's loss on tensors: its mean, and (for data parallelism) its sum
 # --------------------------------------------------------------------------------------------------
+LOSSES = {"mse": mse_loss, "cross_entropy": cross_entropy,
+          "vq_autoencoder": vq_autoencoder_loss}
+"""The task's loss by name (`uvit_torch.losses`, the twins of `uvit_numpy.train.LOSSES`)."""
+
+
+def _vq_autoencoder_loss_sum(output, target, **options):
+    # its terms are the images: the reconstruction's and the quantiser's means are each over
+    # a number of elements proportional to the images, so mean x images adds up over shards
+    return vq_autoencoder_loss(output, target, **options) * target.shape[0]
+
+
+LOSS_SUMS = {
+    "mse": lambda output, target: F.mse_loss(output, target, reduction="sum"),
+    "cross_entropy": lambda output, target, **options: F.cross_entropy(
+        output, target, ignore_index=-100, reduction="sum", **options),
+    "vq_autoencoder": _vq_autoencoder_loss_sum}
+"""The sum of the terms of the task's loss by name (its mean times `task.count`)."""
+
+
 def task_loss(task, output, target):
-    """The mean the task's loss takes (`uvit_torch.losses`, the twins of the NumPy losses)."""
-    if task.loss == "mse":
-        return mse_loss(output, target)
-    return cross_entropy(output, target, **task.loss_options)
+    """The mean the task's loss takes."""
+    return LOSSES[task.loss](output, target, **task.loss_options)
 
 
 def task_loss_sum(task, output, target):
     """The sum of the terms of the task's loss (its mean times `task.count`)."""
-    if task.loss == "mse":
-        return F.mse_loss(output, target, reduction="sum")
-    return F.cross_entropy(output, target, ignore_index=-100, reduction="sum",
-                           **task.loss_options)
+    return LOSS_SUMS[task.loss](output, target, **task.loss_options)
 
 
 # --------------------------------------------------------------------------------------------------
