@@ -30,3 +30,4 @@ def pytest_xdist_make_scheduler(config, log):
             return path
 
     return FilesAndChapters(config, log)
+
