@@ -45,7 +45,6 @@ NumPy <= 1.2 x torch, and one NumPy image in under 2 minutes.
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 import time
@@ -57,12 +56,17 @@ import numpy as np
 import torch
 
 import uvit_numpy.uvit2d as N
-from uvit_numpy.cli import (ArgumentParser, blas_threads, non_negative_float, positive_int,
-                            set_threads)
+from uvit_numpy.cli import (
+    ArgumentParser,
+    non_negative_float,
+    positive_int,
+    set_threads,
+)
 
 from .. import uvit2d as T
-from .uvit2d import model_inputs
 from .harness import TORCH_DTYPE, compare, to_torch
+from .measure import _read_status, _reset_peak_rss, machine, verdict
+from .uvit2d import model_inputs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,26 +104,6 @@ def build_models(config, dtype=np.float32, with_diffusers=True, seed=0):
 # --------------------------------------------------------------------------------------------------
 # Memory
 # --------------------------------------------------------------------------------------------------
-def _read_status(field):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def numpy_forward_memory(model, inputs):
     """(tracemalloc peak of the forward in bytes, peak-RSS growth in bytes or None)."""
     rss0 = _read_status("VmRSS")
@@ -216,34 +200,6 @@ def _run(config, repeats, batch, grid, text_len, with_diffusers, memory, seed, p
             print(f"  cross-check: peak resident set grew by {rss_growth / 2**20:,.1f} MiB during "
                   f"that forward", file=out)
     return res
-
-
-# --------------------------------------------------------------------------------------------------
-# The machine, and targets
-# --------------------------------------------------------------------------------------------------
-def machine():
-    """A line naming the CPU, NumPy's BLAS and the thread counts: figures from different machines
-    (an AVX-512 Xeon and an AMD EPYC measure different NumPy / torch ratios) can be told apart."""
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    blas = np.__config__.CONFIG.get("Build Dependencies", {}).get("blas", {})
-    flags = ""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        flags = " AVX-512" if "avx512f" in info else (" AVX2" if "avx2" in info else "")
-    return (f"machine: {cpu}{flags}, {os.cpu_count()} cores; NumPy {np.__version__} with "
-            f"{blas.get('name', '?')} {blas.get('version', '')}; torch {torch.__version__}; "
-            f"threads: torch {torch.get_num_threads()}, NumPy's BLAS {blas_threads()}")
-
-
-def verdict(value, limit):
-    """'(target <= limit)' or, when the figure is over it, a line a reader cannot miss."""
-    return (f"(target <= {limit})" if value <= limit
-            else f"(target <= {limit})   <-- MISSED: over the target by {value / limit - 1:.0%}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,8 +50,8 @@ from uvit_numpy.configs import UVIT_CONFIGS
 from .. import autoencoder as TA
 from .. import uvit as TU
 from .. import uvit_pipeline as TP
-from .bench import _read_status, _reset_peak_rss, machine, set_threads, verdict
 from .harness import compare
+from .measure import _read_status, _reset_peak_rss, machine, set_threads, verdict
 
 PAPER_STEPS = 50
 TARGET = 1.2
