@@ -295,3 +295,21 @@ def test_the_tokenizer_command_refuses_what_is_no_tokenizer(tmp_path, capsys):
     assert "holds no VQ-GAN tokenizer" in capsys.readouterr().err
     assert evaluate.main(["--tokenizers", str(tmp_path)]) == 1
     assert "no tokenizer at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("package", ["uvit_numpy", "uvit_torch"])
+def test_sample_names_a_missing_tokenizer_before_loading(package, tmp_path, capsys):
+    """`sample --tokenizer` with a path that does not exist, or with a diffusion model, is a
+    usage error (status 2) naming the option, before any model is loaded; nothing is written."""
+    import importlib
+    main = importlib.import_module(f"{package}.sample").main
+    out = tmp_path / "grid.png"
+    with pytest.raises(SystemExit) as stop:
+        main(["amused-digits", "--tokenizer", str(tmp_path / "nope"), "--out", str(out)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer: expected a shipped VQ-GAN" in err and "nope" in err
+    with pytest.raises(SystemExit) as stop:
+        main(["uvit-digits", "--tokenizer", "vqgan-digits", "--out", str(out)])
+    assert stop.value.code == 2 and "is a diffusion model" in capsys.readouterr().err
+    assert not out.exists()

@@ -445,12 +445,23 @@ def check_command(parser, args, labels=None):
                      args.eta, names=OPTIONS)
     except ValueError as err:
         parser.error(str(err))
-    if getattr(args, "tokenizer", None) is not None and probe.kind == "diffusion":
+    tokenizer = getattr(args, "tokenizer", None)
+    if tokenizer is not None and probe.kind == "diffusion":
         parser.error(f"--tokenizer: {args.model} is a diffusion model, which makes pixels; a "
                      f"tokenizer is only for masked-token models")
+    if tokenizer is not None and not _names_a_tokenizer(tokenizer):
+        parser.error(f"--tokenizer: expected a shipped VQ-GAN (vqgan-digits), a VQ-GAN folder "
+                     f"or a k-means .safetensors file, got {tokenizer!r} (no such file or "
+                     f"folder)")
     for line in settings_warnings(probe, s, OPTIONS):
         print(f"warning: {line}", file=sys.stderr)
     return probe, s
+
+
+def _names_a_tokenizer(name):
+    """Whether `--tokenizer` names something that exists: a shipped model or a path."""
+    from . import pretrained
+    return name in pretrained.NAMES or os.path.exists(name)
 
 
 def load_or_fail(load, folder):

@@ -53,6 +53,14 @@ from .optim import linear_warmup
 _DIGITS_DIFFUSION = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
                          beta_end=0.02, prediction_type="epsilon")
 
+# What the digit VQ-GANs share: diffusers' VQModel in aMUSEd's layout, three levels, on one
+# grey channel padded to 32x32; each config adds its widths and its codebook.
+VQGAN_DIGITS_LAYOUT = dict(
+    in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 3,
+    up_block_types=["UpDecoderBlock2D"] * 3, act_fn="silu", sample_size=32, vq_embed_dim=None,
+    scaling_factor=0.18215, norm_type="group", mid_block_add_attention=False,
+    lookup_from_codebook=True, force_upcast=False)
+
 TRAIN_CONFIGS = {
     # The shipped diffusion model: a class-conditional U-ViT for the 28x28 digits.
     "uvit-digits": dict(
@@ -110,26 +118,19 @@ TRAIN_CONFIGS = {
     # (two down-samplings) give the same 8x8 grid of K = 256 codes. No GAN: see README.
     "vqgan-digits": dict(
         task="vqgan",
-        model=dict(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 3,
-                   up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[8, 16, 32],
-                   layers_per_block=2, act_fn="silu", latent_channels=16, sample_size=32,
-                   num_vq_embeddings=256, norm_num_groups=4, vq_embed_dim=None,
-                   scaling_factor=0.18215, norm_type="group", mid_block_add_attention=False,
-                   lookup_from_codebook=True, force_upcast=False),
+        model=dict(VQGAN_DIGITS_LAYOUT, block_out_channels=[8, 16, 32], layers_per_block=2,
+                   latent_channels=16, num_vq_embeddings=256, norm_num_groups=4),
         pad=2, reconstruction="l2", quantizer_weight=1.0,
         restart_dead_codes=dict(every=100, digits=128),
         batch_size=32, steps=2000, lr=1e-3, warmup_steps=100, weight_decay=0.0,
         betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0, ema_decay=0.999,
         checkpoint_every=200, log_every=25),
-    # A few-second VQ-GAN for tests (the NumPy and torch trainers replay each other on it).
+    # A few-second VQ-GAN for tests (the NumPy and torch trainers replay each other on it): the
+    # same layout, narrower.
     "vqgan-tiny": dict(
         task="vqgan",
-        model=dict(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 3,
-                   up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[4, 8, 8],
-                   layers_per_block=1, act_fn="silu", latent_channels=4, sample_size=32,
-                   num_vq_embeddings=32, norm_num_groups=2, vq_embed_dim=None,
-                   scaling_factor=0.18215, norm_type="group", mid_block_add_attention=False,
-                   lookup_from_codebook=True, force_upcast=False),
+        model=dict(VQGAN_DIGITS_LAYOUT, block_out_channels=[4, 8, 8], layers_per_block=1,
+                   latent_channels=4, num_vq_embeddings=32, norm_num_groups=2),
         pad=2, reconstruction="l2", quantizer_weight=1.0,
         restart_dead_codes=dict(every=2, digits=16),
         batch_size=8, steps=20, lr=2e-3, warmup_steps=5, weight_decay=0.0,
