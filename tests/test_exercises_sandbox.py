@@ -7,6 +7,8 @@ of it. Where bubblewrap cannot work, the tests say so and check the warning of t
 
 import os
 import secrets
+import subprocess
+import sys
 import signal
 import socket
 import textwrap
@@ -14,16 +16,11 @@ import textwrap
 import pytest
 
 from tests.test_exercises_grading import HONEST, _rows
-from uvit_numpy.exercises import sandbox
+from uvit_numpy.exercises import bench, sandbox
+from uvit_numpy.exercises.bench import HONEST_RMS
 from uvit_numpy.exercises.__main__ import main
 from uvit_numpy.exercises.grading import grade_file
 
-HONEST_RMS = """
-import numpy as np
-
-def rms_norm(x, weight, eps=1e-6):
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
-"""
 
 
 def _attacks(marks, paths, port):
@@ -228,3 +225,33 @@ def test_without_bubblewrap_auto_warns_once_and_require_refuses(school, capsys, 
     with pytest.warns(RuntimeWarning, match="without a sandbox"):   # the Python API says it too
         report = grade_file(folder / "honest_rms_norm.py")
     assert report.results["rms_norm"].status == "passed"
+
+
+def test_the_grader_starts_its_sandbox_before_it_imports_numpy():
+    """What lets the sandbox's start overlap the grader's: the command line reaches
+    `sandbox.prestart` having imported neither NumPy nor the exercises."""
+    code = ("import sys, uvit_numpy.exercises.__main__, uvit_numpy.exercises.sandbox; "
+            "print(sorted(m for m in ('numpy', 'scipy', 'uvit_numpy.exercises.catalogue') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_prestarted_sandbox_grades(school):
+    folder = school[0]
+    sandbox.prestart("auto")
+    if sandbox.get_sandbox("auto") is None:
+        pytest.skip(f"bubblewrap cannot work here ({sandbox.unavailable_reason()})")
+    report = grade_file(folder / "honest_rms_norm.py", sandbox="require")
+    assert report.results["rms_norm"].status == "passed"
+
+
+def test_the_timing_command_grades_a_class_both_ways(capsys):
+    if sandbox.get_sandbox("auto") is None:
+        pytest.skip(f"bubblewrap cannot work here ({sandbox.unavailable_reason()})")
+    status = bench.main(["--files", "2", "--runs", "1"])   # the ratio is not a test's business
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if "without the sandbox" in ln]
+    assert status in (0, 1) and len(lines) == 2, out
+    assert all(("met" in ln) for ln in lines)

@@ -20,20 +20,15 @@ The exercise notebooks live in book/exercises; `catalogue.EXERCISES` lists the e
 order, each with its reference, its cases and the mistakes its checker recognises.
 """
 
-# Importing the theme modules registers their exercises (the catalogue orders them by notebook).
-from . import (  # noqa: F401
-    amused,
-    amused_systems,
-    attention,
-    backward,
-    convolutions,
-    diffusion,
-    maskgit,
-    norms_and_activations,
-    tokens,
-)
-from .catalogue import EXERCISES, Case, Exercise, Mistake, get_exercise
-from .checker import CheckResult, check, run_checks
+from .. import lazy_names
 
-__all__ = ["EXERCISES", "Case", "CheckResult", "Exercise", "Mistake", "check", "get_exercise",
-           "run_checks"]
+# module -> the names this package gives from it, each imported on first use (PEP 562): so
+# `python -m uvit_numpy.exercises grade` starts its sandbox before NumPy & co. load. The
+# catalogue imports the theme modules, which register the exercises.
+_EXPORTS = {
+    "catalogue": ("EXERCISES", "Case", "Exercise", "Mistake", "get_exercise"),
+    "checker": ("CheckResult", "check", "run_checks"),
+}
+
+__all__ = sorted(n for names in _EXPORTS.values() for n in names)
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

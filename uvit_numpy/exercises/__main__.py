@@ -20,13 +20,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .catalogue import EXERCISES, get_exercise
-from .grading import DEFAULT_MEMORY, DEFAULT_TIMEOUT, grade_file, start_server
+# Light imports only: `check` and `grade` start the sandbox (`sandbox.prestart`) before they
+# import the grader, NumPy and the exercises, so its start overlaps theirs.
 from .notebooks import default_source_dir, release, student_files
-from .sandbox import SandboxUnavailable
+from .sandbox import DEFAULT_MEMORY, DEFAULT_TIMEOUT, SandboxUnavailable, prestart
 
 
 def cmd_list(args):
+    from .catalogue import EXERCISES
+
     width = max(len(name) for name in EXERCISES)
     notebook = None
     for name, ex in EXERCISES.items():
@@ -43,12 +45,16 @@ def cmd_list(args):
 
 
 def cmd_check(args):
+    path = Path(args.file)
+    if path.is_file():
+        prestart(args.sandbox)
+    from .catalogue import get_exercise
+    from .grading import grade_file
     try:
         exercise = get_exercise(args.name)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    path = Path(args.file)
     if not path.is_file():
         print(f"check: no such file {path}", file=sys.stderr)
         return 2
@@ -72,6 +78,9 @@ def cmd_grade(args):
     except ValueError as exc:
         print(f"grade: {exc}", file=sys.stderr)
         return 2
+    prestart(args.sandbox)
+    from .catalogue import EXERCISES
+    from .grading import grade_file
     if not _start(args):
         return 2
     rows, failures = [], []
@@ -109,6 +118,7 @@ def _cases(result):
 def _start(args):
     """Start the sandbox (or what the children come from without one) before any work; False
     when --sandbox require cannot be met (said on stderr)."""
+    from .grading import start_server
     try:
         warning = start_server(args.sandbox)
     except SandboxUnavailable as exc:

