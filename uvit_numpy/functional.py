@@ -625,9 +625,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, return_cache=Fal
         w = weight.reshape(groups, O // groups, Cg, kh, kw)              # (g, O/g, Cg, kh, kw)
         y = np.einsum("bgchwij,gocij->bgohw", win, w, optimize=True)     # (B, g, O/g, Ho, Wo)
         y = y.reshape(B, O, Ho, Wo)
-    if bias is not None:                                  # y is new: in place, unless it widens
-        in_place = y.dtype == np.result_type(y, bias)
-        y = np.add(y, bias[:, None, None], out=y if in_place else None)
+    y = y if bias is None else y + bias[:, None, None]
     cache = (x.shape, win, weight, bias is not None, (sh, sw), (ph, pw), groups)
     return (y, cache) if return_cache else y
 

@@ -82,7 +82,7 @@ def module_case(name, torch_cls, numpy_cls, args, kwargs, shapes):
     return Case(name, build)
 
 
-def model_case(name, torch_cls, numpy_cls, kwargs, int_times=False, slow=False):
+def model_case(name, torch_cls, numpy_cls, kwargs, int_times=False, slow=False, batches=(1, 3)):
     """A whole model with random weights (built once per dtype), on random inputs."""
     @functools.lru_cache(maxsize=1)
     def pair(dtype):
@@ -92,14 +92,16 @@ def model_case(name, torch_cls, numpy_cls, kwargs, int_times=False, slow=False):
         ours, theirs = pair(np.dtype(dtype))
         return ours, theirs, model_inputs(ours, _rng(name, batch), batch, dtype, int_times)
     text = numpy_cls is N.UViTText
-    case = Case(name, build, slow=slow, grad_inputs=(0, 2) if text else (0,))  # x [, context]
+    case = Case(name, build, batches=batches, slow=slow,
+                grad_inputs=(0, 2) if text else (0,))                    # x [, context]
     case.pair = pair          # (dtype) -> (numpy, torch) models; `case.pair.cache_clear()` frees
     return case
 
 
 def cifar10_case():
     return model_case("UViT cifar10_uvit_small (44M)", T.UViT, N.UViT,
-                      N.CONFIGS["cifar10_uvit_small"], slow=True)
+                      N.CONFIGS["cifar10_uvit_small"], slow=True,
+                      batches=(2,))          # full size once per dtype; batch 1 and 3: tiny ones
 
 
 def ablation_cases():
