@@ -25,7 +25,11 @@ import pytest
 
 import uvit_numpy as N
 from uvit_numpy import uvit, uvit2d
+from uvit_numpy import clip as NC
+from uvit_numpy import vae as NV
+from uvit_numpy import vq_model as NQ
 from uvit_numpy.module import Module, ModuleList, Sequential
+from uvit_torch.parity import clip as PC
 
 PACKAGE = Path(N.__file__).parent
 RNG = np.random.default_rng(0)
@@ -100,6 +104,24 @@ CASES = [
                                             upsample=False, block_out_channels=64,
                                             dtype=np.float64, rng=2),
      lambda: _uvit2d_inputs(TINY2D)),
+    # the systems around the transformers: the VQ-GAN's (and the autoencoder's) blocks, CLIP
+    ("vae ResnetBlock2D with a 1x1 shortcut", lambda: NV.ResnetBlock2D(
+        in_channels=4, out_channels=6, temb_channels=None, groups=2, output_scale_factor=1.5,
+        dtype=np.float64, rng=0), lambda: (_f(2, 4, 3, 5),)),
+    ("vae Attention", lambda: NV.Attention(
+        4, heads=2, dim_head=2, norm_num_groups=2, eps=1e-6, bias=True,
+        residual_connection=True, rescale_output_factor=2.0, dtype=np.float64, rng=0),
+     lambda: (_f(2, 4, 3, 2),)),
+    ("vae Encoder", lambda: NV.Encoder(3, 2, ("DownEncoderBlock2D",) * 2, (4, 8), 1, 2,
+                                       dtype=np.float64, rng=0), lambda: (_f(1, 3, 5, 4),)),
+    ("vae Decoder", lambda: NV.Decoder(2, 3, ("UpDecoderBlock2D",) * 2, (4, 8), 1, 2,
+                                       dtype=np.float64, rng=0), lambda: (_f(1, 2, 2, 3),)),
+    ("VQModel tiny", lambda: NQ.VQModel(**NQ.resolve_config("tiny"), dtype=np.float64),
+     lambda: (RNG.uniform(-1, 1, (2, 3, 8, 6)),)),
+    ("CLIPTextModelWithProjection tiny, every output",
+     lambda: PC.AllOutputs(NC.CLIPTextModelWithProjection(PC.tiny_config(), dtype=np.float64,
+                                                         rng=2)),
+     lambda: (PC.text_ids(PC.tiny_config(), RNG, 2, 8),)),
 ]
 
 
@@ -130,7 +152,7 @@ class Watch:
             self.forwards[name] = self.forwards.get(name, 0) + 1
             return forward(*args, **kwargs)
 
-        def watched_backward(grad_out):
+        def watched_backward(grad_out, *more, **named):     # more: CLIP's, VQModel's extras
             if name:                                       # the root is called by the test
                 expected = _caller_of(name, self.modules)
                 caller = self.stack[-1] if self.stack else None
@@ -141,7 +163,7 @@ class Watch:
             self.calls[name] = self.calls.get(name, 0) + 1
             self.stack.append(module)
             try:
-                return backward(grad_out)
+                return backward(grad_out, *more, **named)
             finally:
                 self.stack.pop()
 
@@ -158,6 +180,8 @@ class Watch:
 
 
 def _first_array(out):
+    """The output a backward starts from: the first of a tuple, a VQModel's decoded sample."""
+    out = getattr(out, "sample", out)
     return out[0] if isinstance(out, tuple) else out
 
 
