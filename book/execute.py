@@ -29,6 +29,7 @@ refuses to write a chapter that shows any of it, and the test checks the committ
 
 import argparse
 import copy
+import hashlib
 import os
 import re
 import sys
@@ -134,7 +135,20 @@ def execute(nb, timeout=TIMEOUT):
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
             cell.outputs = merge_streams(cell.outputs)
+            steady_widget_ids(cell)
     return nb
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def steady_widget_ids(cell):
+    """Give each widget shown in `cell` an id made from the cell's id, not the kernel's random
+    one: a widget's live state is not saved with the chapter, so the id points at nothing, and a
+    random one would change the committed notebook at every execution."""
+    shown = [out.data[WIDGET_VIEW] for out in cell.outputs if WIDGET_VIEW in out.get("data", {})]
+    for n, view in enumerate(shown):
+        view["model_id"] = hashlib.md5(f"{cell.get('id', '')}:{n}".encode()).hexdigest()
 
 
 # --- what an output must never show -------------------------------------------------------------
