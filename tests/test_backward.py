@@ -27,6 +27,21 @@ def test_backward_matches_autograd(case, dtype, batch):
     assert row.passed, f"{row.detail} exceeds {tol:.0e}"
 
 
+def test_a_case_must_say_truly_whether_it_is_a_module():
+    """The gradient report takes a forward case when the case says its NumPy side is a Module
+    (`Case.module`, read without building it); a case that says so wrongly is an error, not a
+    backward left unchecked."""
+    from dataclasses import replace
+
+    from uvit_torch import parity
+    linear = next(c for c in grads.grad_cases() if c.name == "Linear(33, 17)")
+    with pytest.raises(TypeError, match="module=False, but its NumPy side is a Module"):
+        parity.run_case(replace(linear, module=False), "float64", 1)
+    softmax = next(c for c in parity.all_cases() if c.name == "softmax large logits")
+    with pytest.raises(TypeError, match="module=True, but its NumPy side is a function"):
+        grads.run_grad_case(replace(softmax, module=True), "float64", 1)
+
+
 def test_the_gradient_report_covers_every_piece():
     """Functions, layers, both models' blocks and whole models with their options are all in."""
     names = " | ".join(c.name for c in GRAD_CASES)

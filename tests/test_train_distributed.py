@@ -85,17 +85,22 @@ def finished(launch):
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
-    """Three torchrun launches of uvit-tiny in float64 with 2 processes x 2 micro-batches
-    (batch 16 = 2 x 2 x 4 rows): 5 steps straight; 3 steps, then resumed to 5. The step-3
-    checkpoint is kept aside for a 1-process resume."""
+    """Two torchrun launches of uvit-tiny in float64 with 2 processes x 2 micro-batches
+    (batch 16 = 2 x 2 x 4 rows): 5 steps straight, checkpointing at step 3 (kept as the
+    previous checkpoint) and 5; then that step-3 checkpoint, with the whole 5-row log beside it
+    as an interruption after step 5 would leave it, resumed to 5 under torchrun ("resumed") and
+    kept aside for a 1-process resume ("at3"). (Each launch starts three Pythons that import
+    torch: two launches, not three, to keep the test's time.)"""
     root = tmp_path_factory.mktemp("ddp")
     common = ["uvit-tiny", "--dtype", "float64", "--log-every", "1", "--grad-accum", "2",
-              "--no-progress"]
+              "--checkpoint-every", "3", "--no-progress"]
     stdout = finished(torchrun(2, *common, "--out", str(root / "straight"), "--steps", "5"))
-    finished(torchrun(2, *common, "--out", str(root / "resumed"), "--steps", "3"))
-    os.makedirs(root / "at3")
-    for name in ("checkpoint.safetensors", "log.csv"):
-        shutil.copy(root / "resumed" / name, root / "at3" / name)
+    for name in ("resumed", "at3"):
+        os.makedirs(root / name)
+        shutil.copy(root / "straight" / T.PREVIOUS, root / name / "checkpoint.safetensors")
+        shutil.copy(root / "straight" / "log.csv", root / name / "log.csv")
+    _, meta = T.load_checkpoint(str(root / "at3" / "checkpoint.safetensors"))
+    assert meta["step"] == 3
     finished(torchrun(2, *common, "--out", str(root / "resumed"), "--steps", "5", "--resume"))
     run_here("uvit-tiny", root / "one")
     return root, stdout
@@ -118,8 +123,8 @@ def test_only_rank_0_writes_and_reports(two_process_runs):
     root, stdout = two_process_runs
     summaries = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and json.loads(summaries[0])["steps"] == 5
-    assert sorted(os.listdir(root / "straight")) == ["checkpoint.safetensors", "log.csv",
-                                                     "model"]
+    assert sorted(os.listdir(root / "straight")) == [T.PREVIOUS, "checkpoint.safetensors",
+                                                     "log.csv", "model"]
     assert len(T.read_log(str(root / "straight" / "log.csv"))["step"]) == 5   # not twice
     _, meta = T.load_checkpoint(str(root / "straight" / "checkpoint.safetensors"))
     assert "2 processes (gloo)" in meta["framework"] and "2 micro-batches" in meta["framework"]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from uvit_numpy.cli import ArgumentParser, add_threads_argument, progress_bar, set_threads
+from uvit_numpy.module import Module
 
 from .case import Case  # noqa: F401 (the type of every case, re-exported)
 from .harness import TOLERANCE, compare, to_torch
@@ -57,6 +58,9 @@ def run_case(case, dtype, batch):
     """Build the case, run both sides on the same inputs, compare. Returns a `Row`."""
     dtype = np.dtype(dtype)
     ours, theirs, inputs = case.build(dtype, batch)
+    if isinstance(ours, Module) and not case.module:     # its backward would go unchecked
+        raise TypeError(f"parity case {case.name!r}: module=False, but its NumPy side is a "
+                        f"Module ({type(ours).__name__})")
     ours_out, t_ours = _timed(ours, *inputs)
     with torch.no_grad():
         theirs_out, t_theirs = _timed(theirs, *[to_torch(x) for x in inputs])

@@ -21,6 +21,8 @@ class Case:
     dtypes: tuple = ("float64", "float32")
     slow: bool = False       # left out of the default report unless --all
     grad_inputs: tuple = None  # --grads: the inputs that take a gradient (None: every float one)
+    module: bool = True      # the NumPy side is a Module, so --grads checks its backward too;
+                             # False for functions (`run_case`, `run_grad_case` check it)
 
 
 class Function:
@@ -54,4 +56,4 @@ def function_case(name, forward, backward, torch_fn, shapes, scale=1.0, wrt=None
             full = tuple(s[1:]) if s and s[0] is None else (batch, *s)
             xs.append((scale * rng.standard_normal(full)).astype(dtype))
         return Function(forward, backward), torch_fn, (*xs, *extra)
-    return Case(name, build, grad_inputs=wrt)
+    return Case(name, build, grad_inputs=wrt, module=False)

@@ -36,7 +36,7 @@ def function_case(name, ours, theirs, shapes, scale=1.0, batches=(1, 3)):
         rng = _rng(name, batch)
         xs = tuple((scale * rng.standard_normal((batch, *s))).astype(dtype) for s in shapes)
         return ours, theirs, xs
-    return Case(name, build, batches)
+    return Case(name, build, batches, module=False)
 
 
 def _embedding_case():
@@ -62,7 +62,7 @@ def _grn_near_zero_case():
         return (lambda v: NF.global_response_norm(v, gamma, beta),
                 lambda v: UF.global_response_norm(v, torch.from_numpy(gamma),
                                                   torch.from_numpy(beta)), (x,))
-    return Case(name, build)
+    return Case(name, build, module=False)
 
 
 def _cross_attention_case(name, bias):
@@ -81,7 +81,7 @@ def _timestep_case(name, dim, **options):
         t = (_rng(name, batch).uniform(0, 1000, size=(batch,))).astype(dtype)
         return (lambda s: NF.get_timestep_embedding(s, dim, **options),
                 lambda s: UF.get_timestep_embedding(s, dim, **options), (t,))
-    return Case(name, build)
+    return Case(name, build, module=False)
 
 
 def _uvit_timestep_case(name, dim):
@@ -89,7 +89,7 @@ def _uvit_timestep_case(name, dim):
         t = (_rng(name, batch).uniform(0, 1000, size=(batch,))).astype(dtype)
         return (lambda s: NF.timestep_embedding(s, dim),
                 lambda s: UF.timestep_embedding(s, dim), (t,))
-    return Case(name, build)
+    return Case(name, build, module=False)
 
 
 def _sdpa(q, k, v):

@@ -74,6 +74,9 @@ def run_grad_case(case, dtype, batch):
     """Build the case, differentiate both sides with the same dy, compare every gradient."""
     dtype = np.dtype(dtype)
     ours, theirs, inputs = case.build(dtype, batch)
+    if isinstance(ours, Module) != case.module:
+        raise TypeError(f"gradient case {case.name!r}: module={case.module}, but its NumPy "
+                        f"side is a {type(ours).__name__}")
     wrt = case.grad_inputs
     if wrt is None:
         wrt = tuple(i for i, x in enumerate(inputs) if _is_float(x))
@@ -149,7 +152,7 @@ def _embedding_case():
         return (Function(lambda i, w: NF.embedding(i, w, return_cache=True),
                          NF.embedding_backward),
                 lambda i, w: TF.embedding(i, w), (ids, weight))
-    return Case(name, build, grad_inputs=(1,))
+    return Case(name, build, grad_inputs=(1,), module=False)
 
 
 def _cross_entropy_case(smoothing):
@@ -166,7 +169,7 @@ def _cross_entropy_case(smoothing):
                          NLoss.cross_entropy_backward),
                 lambda lg, t: TF.cross_entropy(lg, t, label_smoothing=smoothing),
                 (logits, target))
-    return Case(name, build, grad_inputs=(0,))
+    return Case(name, build, grad_inputs=(0,), module=False)
 
 
 def _sdpa_backward(dy, cache):
@@ -327,15 +330,10 @@ def _softmax_forward(x):
 def module_grad_cases(cases):
     """The forward cases whose NumPy side is a Module (and so has a backward), without dropout
     and the slow published-size models: train-mode dropout draws different masks in the two
-    packages, and a full aMUSEd backward is timed by the benchmark instead."""
-    out = []
-    for case in cases:
-        if case.slow or "Dropout" in case.name:
-            continue
-        ours = case.build(np.dtype(np.float64), 1)[0]
-        if isinstance(ours, Module):
-            out.append(case)
-    return out
+    packages, and a full aMUSEd backward is timed by the benchmark instead. (Each case says
+    whether it is a Module; `parity.run_case` checks that it says so truly.)"""
+    return [case for case in cases
+            if case.module and not case.slow and "Dropout" not in case.name]
 
 
 def grad_cases():

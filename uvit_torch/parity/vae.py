@@ -225,7 +225,8 @@ def _vq_case(name, overrides, size, batches, what, torch_cls=None,
         ours_fn, theirs_fn = _vq_callables(ours, theirs, what, torch_cls is not None)
         return ours_fn, theirs_fn, (x,)
     suffix = " vs diffusers" if torch_cls is not None else ""
-    return Case(f"VQModel {what}: {name}{suffix}", build, batches=batches, dtypes=dtypes)
+    return Case(f"VQModel {what}: {name}{suffix}", build, batches=batches, dtypes=dtypes,
+                module=what == "grads")
 
 
 def _vq_callables(ours, theirs, what, against_diffusers):
@@ -279,7 +280,7 @@ def _quantizer_case(name, n_e, width, grid, what):
         if pick is not None:
             return (lambda x: ours(x)[pick]), (lambda x: theirs(x)[pick]), (z,)
         return (lambda x: ours(x)[2][2]), (lambda x: theirs(x)[2][2]), (z,)
-    return Case(f"VectorQuantizer {what}: {name}", build)
+    return Case(f"VectorQuantizer {what}: {name}", build, module=what == "grads")
 
 
 # (name, codes, width, grid): torch's cdist takes its direct route up to 25 rows and codes
@@ -373,7 +374,7 @@ def _kl_case(name, overrides, embed_dim, size, batches, what, against_diffusers=
         return _kl_side(ours, what), _kl_side(theirs, what), inputs
     suffix = " vs diffusers" if against_diffusers else ""
     return Case(f"FrozenAutoencoderKL {what}: {name}{suffix}", build, batches=batches,
-                dtypes=dtypes)
+                dtypes=dtypes, module=False)
 
 
 def _kl_side(model, what):
@@ -452,7 +453,7 @@ def _vq_loss_case(legacy):
             codebook, commit = torch.mean((b.detach() - a) ** 2), torch.mean((b - a.detach()) ** 2)
             return (codebook + 0.25 * commit) if legacy else (0.25 * codebook + commit)
         return _Scalar(ours), theirs, (z, z_q)
-    return Case(name, build)
+    return Case(name, build, module=False)
 
 
 class _Scalar:
