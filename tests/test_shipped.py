@@ -15,7 +15,7 @@ from uvit_numpy import pretrained
 from uvit_numpy.training import TRAIN_CONFIGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DIGIT_MODELS = ("uvit-digits", "amused-digits")
+DIGIT_MODELS = ("uvit-digits", "amused-digits", "amused-vqgan-digits")
 
 
 def _read(name, file):
@@ -128,10 +128,28 @@ def test_both_packages_tokenize_with_the_shipped_vqgan():
 
 
 def test_the_amused_config_on_vqgan_codes_differs_only_in_its_tokenizer():
+    """The same training; only the tokenizer and the sampling defaults (chosen on each trained
+    model) differ."""
     from uvit_numpy.tokenizer import VQGANTokenizer
     ours, kmeans = TRAIN_CONFIGS["amused-vqgan-digits"], TRAIN_CONFIGS["amused-digits"]
-    assert {k: v for k, v in ours.items() if k != "tokenizer"} == \
-           {k: v for k, v in kmeans.items() if k != "tokenizer"}
+    assert {k: v for k, v in ours.items() if k not in ("tokenizer", "sampling")} == \
+           {k: v for k, v in kmeans.items() if k not in ("tokenizer", "sampling")}
     vqgan = VQGANTokenizer.from_pretrained(pretrained.path(ours["tokenizer"]["vqgan"]))
     assert vqgan.codebook_size == ours["model"]["codebook_size"]
     assert vqgan.codebook_size == kmeans["tokenizer"]["codebook_size"]
+
+
+def test_the_amused_model_on_vqgan_codes_carries_the_shipped_vqgan():
+    """amused-vqgan-digits/vqvae is a copy of vqgan-digits (the folder is whole on its own), and
+    sampling loads it as the model's tokenizer."""
+    from uvit_numpy.sample import load_digit_model
+    from uvit_numpy.tokenizer import VQGANTokenizer
+    ours = os.path.join(pretrained.path("amused-vqgan-digits"), "vqvae")
+    shipped = pretrained.path("vqgan-digits")
+    for file in ("config.json", "diffusion_pytorch_model.safetensors"):
+        with open(os.path.join(ours, file), "rb") as a, open(os.path.join(shipped, file), "rb") as b:
+            assert a.read() == b.read(), file
+    tok = load_digit_model("amused-vqgan-digits").tokenizer
+    assert isinstance(tok, VQGANTokenizer)
+    run = _read("amused-vqgan-digits", "config.json")["_training"]
+    assert run["config"]["tokenizer"] == {"vqgan": "vqgan-digits"}

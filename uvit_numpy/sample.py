@@ -401,7 +401,8 @@ def image_file(text):
 def build_parser(prog):
     parser = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="uvit-digits, amused-digits, or a model folder")
+    parser.add_argument("model", help="uvit-digits, amused-digits, amused-vqgan-digits, or a "
+                                      "model folder")
     parser.add_argument("--labels", type=parse_labels, default=parse_labels("0,1,2,3,4,5,6,7,8,9"),
                         help="comma-separated digits, one row each (default 0,1,...,9)")
     parser.add_argument("--per-label", type=positive_int, default=8,

@@ -306,7 +306,8 @@ def build_parser():
     parser = ArgumentParser(prog="python -m uvit_torch.evaluate",
                             description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", help="uvit-digits, amused-digits or a model folder")
+    parser.add_argument("model", nargs="?", help="uvit-digits, amused-digits, "
+                                                 "amused-vqgan-digits or a model folder")
     parser.add_argument("--per-class", type=positive_int, default=100)
     parser.add_argument("--seed", type=non_negative_int, default=1234,
                         help="sampling seed (default 1234, not the grids' 0)")
@@ -402,8 +403,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.train_classifier and not args.model and not args.tokenizers:
-        parser.error("expected a model (uvit-digits, amused-digits or a folder), "
-                     "--tokenizers NAME ..., or --train-classifier FOLDER")
+        parser.error("expected a model (uvit-digits, amused-digits, amused-vqgan-digits or a "
+                     "folder), --tokenizers NAME ..., or --train-classifier FOLDER")
     with set_threads(args.threads, torch=True):
         if args.tokenizers:
             return run_main(tokenizer_command, args)

@@ -2,6 +2,7 @@
 
     uvit-digits/        a class-conditional U-ViT for the 28x28 digits (diffusion)
     amused-digits/      aMUSEd's UVit2DModel on 8x8 grids of k-means codes, with its tokenizer
+    amused-vqgan-digits/  the same UVit2DModel trained on vqgan-digits' codes (a copy in vqvae/)
     vqgan-digits/       diffusers' VQModel (aMUSEd's VQ-GAN at small widths): digits <-> 8x8 codes
     digit-classifier/   the small CNN that `python -m uvit_torch.evaluate` judges samples with
 
@@ -12,7 +13,8 @@ NumPy side never needs torch to read them. README.md gives the commands that rep
 
 import os
 
-NAMES = ("uvit-digits", "amused-digits", "vqgan-digits", "digit-classifier")
+NAMES = ("uvit-digits", "amused-digits", "amused-vqgan-digits", "vqgan-digits",
+         "digit-classifier")
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
