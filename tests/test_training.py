@@ -4,6 +4,7 @@ tokenizer, and the sampling and evaluation commands on tiny models."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -129,10 +130,24 @@ def _weights(path):
     return arrays, meta
 
 
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory):
+    """One 20-step float32 run per (config, backend), made when first asked for and shared: its
+    checkpoints at steps 10 (kept as the previous one) and 20, its log, model/ and summary."""
+    runs = {}
+
+    def get(name, backend):
+        if (name, backend) not in runs:
+            root = tmp_path_factory.mktemp(f"{name}-{backend}")
+            runs[name, backend] = root, _train(root, name, backend)
+        return runs[name, backend]
+    return get
+
+
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
 @pytest.mark.parametrize("name", ["uvit-tiny", "amused-tiny"])
-def test_a_short_run_lowers_the_loss_and_writes_its_files(tmp_path, name, backend):
-    summary = _train(tmp_path, name, backend)
+def test_a_short_run_lowers_the_loss_and_writes_its_files(straight_runs, name, backend):
+    tmp_path, summary = straight_runs(name, backend)
     log = T.read_log(str(tmp_path / "run" / "log.csv"))
     assert log["loss"][-1] < log["loss"][0]
     assert list(log["step"]) == [5, 10, 15, 20]
@@ -146,18 +161,22 @@ def test_a_short_run_lowers_the_loss_and_writes_its_files(tmp_path, name, backen
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
 @pytest.mark.parametrize("name", ["uvit-tiny", "amused-tiny"])
-def test_resume_gives_bitwise_the_uninterrupted_run(tmp_path, name, backend):
-    _train(tmp_path, name, backend, out="straight")
-    cfg = T.train_config(name, steps=10)
-    T.run(cfg, str(tmp_path / "resumed"), BACKENDS[backend](), progress=False)
-    T.run(T.train_config(name), str(tmp_path / "resumed"), BACKENDS[backend](), resume=True,
-          progress=False)
-    a, meta_a = _weights(tmp_path / "straight")
-    b, meta_b = _weights(tmp_path / "resumed")
+def test_resume_gives_bitwise_the_uninterrupted_run(straight_runs, tmp_path, name, backend):
+    """The straight run's step-10 checkpoint, beside its whole log (as an interruption after step
+    20 would leave them), resumed to step 20: the same weights, bit for bit, and the same log."""
+    root, _ = straight_runs(name, backend)
+    straight, resumed = root / "run", tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(straight / T.PREVIOUS, resumed / T.CHECKPOINT)
+    shutil.copy(straight / "log.csv", resumed / "log.csv")
+    assert _weights(resumed)[1]["step"] == 10
+    T.run(T.train_config(name), str(resumed), BACKENDS[backend](), resume=True, progress=False)
+    a, meta_a = _weights(straight)
+    b, meta_b = _weights(resumed)
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     assert meta_a["optimizer_steps"] == meta_b["optimizer_steps"]
-    log_a = (tmp_path / "straight" / "log.csv").read_text().splitlines()
-    log_b = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
+    log_a = (straight / "log.csv").read_text().splitlines()
+    log_b = (resumed / "log.csv").read_text().splitlines()
     assert [r.split(",")[:4] for r in log_a] == [r.split(",")[:4] for r in log_b]
 
 
