@@ -22,7 +22,8 @@ class Case:
     slow: bool = False       # left out of the default report unless --all
     grad_inputs: tuple = None  # --grads: the inputs that take a gradient (None: every float one)
     module: bool = True      # the NumPy side is a Module, so --grads checks its backward too;
-                             # False for functions (`run_case`, `run_grad_case` check it)
+                             # False for functions (`run_case`, `run_grad_case` check it; only
+                             # the NumPy-vs-torch cases --grads draws from need it right)
 
 
 class Function:
