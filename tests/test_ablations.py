@@ -5,8 +5,12 @@ and `python -m uvit_torch.ablate`, smoke-tested on a few steps of the tiny base 
 import json
 import os
 
+import matplotlib
 import numpy as np
 import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 from uvit_numpy import ablations as A
 from uvit_numpy import training
@@ -48,6 +52,19 @@ def test_final_loss_and_summary():
     assert A.summarize(rows[:1])[0]["frechet_ratio_std"] is None
 
 
+def test_time_measures_steps_of_each_variant_and_writes_nothing(tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ablate.main(["--base", "tiny", "--variants", "paper", "skip-none", "--time", "3",
+                        "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["paper", "skip-none"]
+    for line in lines:
+        wall = float(line.split("median ")[1].split(" s wall")[0])
+        assert 0 < wall < 10 and "20 steps:" in line
+    assert os.listdir(tmp_path) == []
+
+
 def test_list_and_bad_names(capsys):
     assert ablate.main(["--list"]) == 0
     out = capsys.readouterr().out
@@ -55,6 +72,9 @@ def test_list_and_bad_names(capsys):
     with pytest.raises(SystemExit):
         ablate.main(["--variants", "skip-mul"])
     assert "unknown ablation variant(s) ['skip-mul']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablate.main(["--grid", "samples.jpg"])
+    assert "--grid: expected a .png path, got 'samples.jpg'" in capsys.readouterr().err
 
 
 def test_smoke_run_trains_evaluates_tabulates_and_skips_finished_runs(tmp_path, capsys):
@@ -62,8 +82,16 @@ def test_smoke_run_trains_evaluates_tabulates_and_skips_finished_runs(tmp_path, 
     argv = ["--base", "tiny", "--variants", "paper", "time-adaln", "--seeds", "0", "--steps",
             "4", "--out", out, "--table", table + ".json", "--per-class", "1", "--threads", "1",
             "--no-progress"]
-    assert ablate.main(argv) == 0
+    grid = str(tmp_path / "grid.png")
+    assert ablate.main([*argv, "--grid", grid]) == 0
     rows = json.load(open(table + ".json", encoding="utf-8"))["runs"]
+    image = plt.imread(grid)                             # a row of ten digits per run
+    assert image.ndim == 3 and image.shape[0] > 100 and image[..., :3].std() > 0.05
+    for row in rows:                                     # the whole log, as the run wrote it
+        log = training.read_log(os.path.join(row["folder"], "log.csv"))
+        assert row["loss_curve"]["step"] == [int(s) for s in log["step"]] and \
+            row["loss_curve"]["loss"] == pytest.approx(log["loss"].tolist())
+        assert row["final_loss"] == pytest.approx(row["loss_curve"]["loss"][-1])
     assert [(r["variant"], r["seed"], r["steps"]) for r in rows] == [("paper", 0, 4),
                                                                      ("time-adaln", 0, 4)]
     adaln = rows[1]

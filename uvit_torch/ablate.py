@@ -18,6 +18,9 @@ made each run, its steps, seed, parameters, final loss, class accuracy, Frechet 
 beside the paper's own ranking. Processes with disjoint `--variants` may run side by side (one
 thread each on a small machine); each writes the table of every run finished so far.
 
+`--grid PNG` also samples one digit of each class from every run of the table (the EMA weights,
+the model's sampling defaults, `--grid-seed`) into one picture, a row per run.
+
 `--time K` only measures: K training steps of each variant (no files), and prints the median
 seconds per step after a warm-up step, the figure to budget the runs with.
 """
@@ -29,6 +32,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 from uvit_numpy import ablations as A
@@ -62,6 +66,11 @@ def parse_args(argv):
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     parser.add_argument("--time", type=int, metavar="K",
                         help="only time K training steps of each variant (no files written)")
+    parser.add_argument("--grid", metavar="PNG",
+                        help="also draw one digit of each class from every finished run of the "
+                             "table (seed --grid-seed) and save the grid, a row per run, as PNG")
+    parser.add_argument("--grid-seed", type=int, default=0,
+                        help="the sampling seed of --grid (default 0)")
     args = parser.parse_args(argv)
     try:
         A.check_names(args.variants, args.base)
@@ -73,6 +82,8 @@ def parse_args(argv):
             parser.error(f"{name}: expected a positive number, got {value}")
     if args.time is not None and args.time < 2:
         parser.error("--time: expected at least 2 steps (the first is a warm-up)")
+    if args.grid is not None and not args.grid.lower().endswith(".png"):
+        parser.error(f"--grid: expected a .png path, got {args.grid!r}")
     for suffix in (".json", ".csv"):
         if args.table.endswith(suffix):
             args.table = args.table[:-len(suffix)]
@@ -173,18 +184,21 @@ def time_steps(cfgs, steps, seed=0):
     time of this process (with one thread, closer to what an idle machine would take) and the
     shortest wall-clock time: {name: (wall, cpu, fastest)}."""
     from .train import TorchBackend
-    backends = {}
+    backends, tasks = {}, {}
     for cfg in cfgs:
+        tasks[cfg["name"]] = T.TASKS[cfg["task"]](cfg, T.DTYPES["float32"])
         backends[cfg["name"]] = TorchBackend()
-        backends[cfg["name"]].setup(cfg, seed, "float32")
+        backends[cfg["name"]].setup(tasks[cfg["name"]], seed)
     wall = {name: [] for name in backends}
     cpu = {name: [] for name in backends}
     for step in range(1, steps + 1):
         for cfg in cfgs:
-            backend = backends[cfg["name"]]
+            backend, task = backends[cfg["name"]], tasks[cfg["name"]]
+            batch = task.batch(seed, step)
             tic, tic_cpu = time.perf_counter(), time.process_time()
-            backend.forward_backward(step)
-            backend.optimizer_step(step, T.warmup_lr(step, cfg["lr"], cfg["warmup_steps"]))
+            backend.forward_backward(batch)
+            backend.optimizer_step(T.warmup_lr(step, cfg["lr"], cfg["warmup_steps"]),
+                                   T.ema_decay(step, cfg["ema_decay"]))
             wall[cfg["name"]].append(time.perf_counter() - tic)
             cpu[cfg["name"]].append(time.process_time() - tic_cpu)
     return {name: (statistics.median(wall[name][1:]), statistics.median(cpu[name][1:]),
@@ -194,6 +208,39 @@ def time_steps(cfgs, steps, seed=0):
 def count_parameters(cfg):
     from .uvit import UViT
     return sum(p.numel() for p in UViT(**cfg["model"]).parameters())
+
+
+def sample_grid(rows, path, seed=0):
+    """One digit of each class, 0 to 9, from the EMA model of every run in `rows` (table rows),
+    sampled with the model's own defaults and `seed`; saved as a PNG grid at `path`, a row per
+    run labelled with its variant and seed. Returns the path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .sample import load_digit_model, sample_digits
+    if not rows:
+        raise ValueError("--grid: the table has no finished and evaluated run to sample from")
+    labels = list(range(10))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(6.0, 0.7 * len(rows) + 0.3), squeeze=False)
+    for ax, row in zip(axes[:, 0], rows):
+        images = sample_digits(load_digit_model(os.path.join(row["folder"], "model")), labels,
+                               seed=seed)
+        ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([14 + 28 * i for i in labels], labels if row is rows[-1] else [],
+                      fontsize=8)
+        ax.tick_params(length=0)
+        ax.set_yticks([])
+        ax.set_ylabel(f"{row['variant']}\nseed {row['seed']}", rotation=0, ha="right",
+                      va="center", fontsize=8)
+    fig.suptitle(f"one digit per class (0-9), {rows[0]['steps']} training steps, sampling seed "
+                 f"{seed}", fontsize=9)
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,6 +270,8 @@ def table_row(args, variant, seed, folder):
         "threads": record.get("threads"), "eval_seconds": report["sampling_seconds"],
         "sampling": report["settings"], "folder": folder,
         "train_command": record.get("command"), "evaluate_command": report.get("command"),
+        "loss_curve": {"step": [int(v) for v in log["step"]],
+                       "loss": [float(v) for v in log["loss"]]},
     }
 
 
@@ -300,8 +349,11 @@ def main(argv=None):
             train_run(cfg, folder, seed, action, train_command, not args.no_progress)
         if not evaluation_done(folder, args.per_class):
             evaluate_run(folder, evaluate_args)
-    paths = A.write_table(args.table, build_table(args))
+    table = build_table(args)
+    paths = A.write_table(args.table, table)
     print(f"table: {paths[0]}, {paths[1]}")
+    if args.grid:
+        print(f"grid: {sample_grid(table['runs'], args.grid, args.grid_seed)}")
     return 0
 
 
