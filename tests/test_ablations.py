@@ -1,6 +1,9 @@
 """The ablation driver: `uvit_numpy.ablations` (the variants, the base run, the paper's findings)
-and `python -m uvit_torch.ablate`, smoke-tested on a few steps of the tiny base (the real
-10,000-step runs are the lead's to make)."""
+and `python -m uvit_torch.ablate`, smoke-tested on a few steps of the tiny base; and the committed
+table of the real runs (book/data/08_ablations.json and .csv, read by chapter 8), checked against
+the configs, the parameter counts and its own loss curves."""
+
+import csv
 
 import json
 import os
@@ -16,6 +19,8 @@ from uvit_numpy import ablations as A
 from uvit_numpy import training
 from uvit_numpy import uvit as NU
 from uvit_torch import ablate
+
+COMMITTED = os.path.join(os.path.dirname(__file__), "..", "book", "data", "08_ablations")
 
 
 def test_every_variant_changes_one_design_choice_of_the_shipped_run():
@@ -50,6 +55,28 @@ def test_final_loss_and_summary():
     assert entry["final_loss_mean"] == 2.0 and entry["final_loss_std"] == pytest.approx(2 ** 0.5)
     assert entry["class_accuracy_mean"] == pytest.approx(0.6) and entry["seeds"] == [0, 1]
     assert A.summarize(rows[:1])[0]["frechet_ratio_std"] is None
+
+
+def numpy_held_out_losses(folder, timesteps):
+    """`ablate.held_out_losses` written again with the NumPy model and NumPy's own arithmetic."""
+    from uvit_numpy.data import load_digits
+    from uvit_numpy.sample import load_digit_model
+    model = load_digit_model(os.path.join(folder, "model"), np.float64).model
+    d = json.load(open(os.path.join(folder, "model", "config.json")))["_training"]["config"][
+        "diffusion"]
+    betas = np.linspace(d["beta_start"], d["beta_end"], d["num_train_timesteps"])
+    abar = np.cumprod(1.0 - betas)                                 # the linear schedule
+    x0, y = load_digits("held_out", dtype=np.float64)
+    x0 = x0[:, None]
+    eps = np.random.default_rng(ablate.HELD_OUT_NOISE_SEED).standard_normal(x0.shape)
+    eps = eps.astype(np.float32).astype(np.float64)
+    losses = []
+    for t in timesteps:
+        a, s = np.sqrt(abar[t]), np.sqrt(1.0 - abar[t])
+        target = eps if d["prediction_type"] == "epsilon" else a * eps - s * x0
+        pred = model(a * x0 + s * eps, np.full(len(x0), t), y)
+        losses.append(float(np.mean((pred - target) ** 2)))
+    return losses
 
 
 def test_time_measures_steps_of_each_variant_and_writes_nothing(tmp_path, capsys,
@@ -106,9 +133,14 @@ def test_smoke_run_trains_evaluates_tabulates_and_skips_finished_runs(tmp_path, 
     assert config["time_mode"] == "adaln" and config["_training"]["config"]["name"] == "time-adaln"
     with open(table + ".csv", encoding="utf-8") as f:
         assert f.readline().strip() == ",".join(A.CSV_FIELDS) and len(f.readlines()) == 2
+    # the held-out losses: the torch model against the NumPy model on the same inputs
+    held = json.load(open(os.path.join(folder, "held_out.json"), encoding="utf-8"))
+    assert held["t"] == list(ablate.HELD_OUT_T) == adaln["held_out_loss"]["t"]
+    assert adaln["held_out_loss"]["loss"] == held["loss"]
+    assert numpy_held_out_losses(folder, held["t"]) == pytest.approx(held["loss"], rel=1e-5)
     # again: nothing is trained or evaluated anew
     stamps = {p: os.path.getmtime(os.path.join(folder, p))
-              for p in ("checkpoint.safetensors", "evaluation.json")}
+              for p in ("checkpoint.safetensors", "evaluation.json", "held_out.json")}
     capsys.readouterr()
     assert ablate.main(argv) == 0
     assert "==" not in capsys.readouterr().out
@@ -140,3 +172,36 @@ def test_numpy_and_torch_trainers_replay_a_variant_run(tmp_path, options):
     worst = max(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(a[k])), 1e-30)
                 for k in a if k.startswith(("model.", "ema.")))
     assert worst <= 1e-10, f"{options}: torch and NumPy runs differ by {worst:.2e}"
+
+
+def test_the_committed_table_is_what_its_commands_make():
+    """Every variant ran with seed 0 at the table's budget; each row's config, command, parameter
+    count and final loss agree with the code and with the row's own loss curve; the CSV holds the
+    JSON's rows; the sample grid beside it exists."""
+    table = json.load(open(COMMITTED + ".json", encoding="utf-8"))
+    rows = table["runs"]
+    assert table["base"] == "uvit-digits" and table["evaluation"]["per_class"] == A.EVAL_PER_CLASS
+    assert {r["variant"] for r in rows if r["seed"] == 0} == set(A.VARIANTS)
+    assert table["base_config"] == json.loads(json.dumps(
+        A.variant_config("paper", "uvit-digits", table["steps"])))
+    for r in rows:
+        cfg = A.variant_config(r["variant"], "uvit-digits", table["steps"])
+        assert r["steps"] == table["steps"] and r["overrides"] == A.VARIANTS[r["variant"]]["model"]
+        assert r["params"] == ablate.count_parameters(cfg), r["variant"]
+        assert r["train_command"] == (
+            f"python -m uvit_torch.ablate --base uvit-digits --variants {r['variant']} --seeds "
+            f"{r['seed']} --steps {table['steps']} --out runs/ablations --per-class "
+            f"{A.EVAL_PER_CLASS} --threads 1"), r["variant"]
+        assert f"--seed {A.EVAL_SEED}" in r["evaluate_command"]
+        curve = r["loss_curve"]
+        assert curve["step"] == list(range(cfg["log_every"], table["steps"] + 1, cfg["log_every"]))
+        log = {k: np.asarray(v, dtype=float) for k, v in curve.items()}
+        assert r["final_loss"] == pytest.approx(A.final_loss(log, table["steps"]), rel=1e-12)
+        assert 0.0 <= r["class_accuracy"] <= 1.0 and r["frechet_ratio"] == pytest.approx(
+            r["frechet_distance"] / r["frechet_real_vs_real"], rel=1e-9)
+    with open(COMMITTED + ".csv", newline="", encoding="utf-8") as f:
+        from_csv = list(csv.DictReader(f))
+    assert [(c["variant"], int(c["seed"]), float(c["final_loss"])) for c in from_csv] == \
+        [(r["variant"], r["seed"], pytest.approx(r["final_loss"], rel=1e-12)) for r in rows]
+    grid = plt.imread(os.path.join(os.path.dirname(COMMITTED), "08_ablation_samples.png"))
+    assert grid.shape[0] > 60 * len(rows)                 # a row of digits per run

@@ -12,6 +12,12 @@ model's 40,000) with each seed of `SEEDS`, and evaluated as the shipped model is
 class with its sampling defaults (DPM-Solver++, 20 steps, w = 1.25), class accuracy and Frechet
 ratio (`uvit_torch.evaluate`).
 
+The full protocol (`STEPS` x `SEEDS`, about 40 hours on one core of this project's 2-core machine)
+has not been run here. The table the book shows (book/data/08_ablations.json and .csv, chapter 8)
+is what one sitting allows: every variant for 1,500 steps with seed 0, and the paper's variant
+also with seed 1 to show the seed-to-seed spread, each row with the command that made it
+(`python -m uvit_torch.ablate --steps 1500 --seeds 0 --threads 1`).
+
 `PAPER_FINDINGS` paraphrases the paper's text on each group (its Section 3.1). The paper gives its
 numbers only as the plots of Figure 2; those could not be read as text here, so no FID is quoted.
 """

@@ -11,11 +11,12 @@ are `uvit_numpy.ablations`. Each (variant, seed) is trained by the torch trainer
 (`uvit_torch.train.train`) into OUT/VARIANT/seedSEED (checkpoint, log.csv and, at the end,
 `model/`), then its model is evaluated by `python -m uvit_torch.evaluate` (class accuracy and
 Frechet ratio, 100 samples per class, the model's own sampling defaults) into `evaluation.json`
-there. A finished run and a finished evaluation are not redone; an unfinished run continues with
-`--resume` only (a run folder is never overwritten). At the end the table of every finished run
-under OUT (this base and number of steps) is written to TABLE.json and TABLE.csv: the commands that
-made each run, its steps, seed, parameters, final loss, class accuracy, Frechet ratio and times,
-beside the paper's own ranking. Processes with disjoint `--variants` may run side by side (one
+there, and its loss on the held-out digits at fixed timesteps and noise is measured into
+`held_out.json` (`held_out_losses`). A finished run and a finished evaluation are not redone; an
+unfinished run continues with `--resume` only (a run folder is never overwritten). At the end the
+table of every finished run under OUT (this base and number of steps) is written to TABLE.json and
+TABLE.csv: the commands that made each run, its steps, seed, parameters, final loss, class
+accuracy, Frechet ratio, times, held-out losses and loss curve, beside the paper's own ranking. Processes with disjoint `--variants` may run side by side (one
 thread each on a small machine); each writes the table of every run finished so far.
 
 `--grid PNG` also samples one digit of each class from every run of the table (the EMA weights,
@@ -39,6 +40,7 @@ from uvit_numpy import ablations as A
 from uvit_numpy import training as T
 
 COMPARED = ("steps", "sampling", "checkpoint_every")   # what a finished run may differ in
+HELD_OUT_FILE = "held_out.json"
 
 
 def parse_args(argv):
@@ -176,6 +178,56 @@ def evaluate_run(folder, evaluate_args):
         json.dump(report, f, indent=2)
 
 
+HELD_OUT_T = (1, 50, 100, 250, 500, 750, 900, 999)
+"""The timesteps at which `held_out_losses` measures each run (of the 1,000-step schedule)."""
+HELD_OUT_NOISE_SEED = 0
+
+
+@torch.no_grad()
+def held_out_losses(folder, timesteps=HELD_OUT_T, seed=HELD_OUT_NOISE_SEED):
+    """The training loss of the run's exported (EMA) model on the 500 held-out digits, at each of
+    `timesteps` in turn: the mean squared error to the run's target (epsilon or v) with the true
+    labels and no label dropping, the same noise (drawn from `seed`) at every timestep and for
+    every run. Unlike a training loss (a few noisy batches at random timesteps) or a sample metric
+    (a long chain of predictions), it compares two models on identical inputs and says at which
+    noise level one predicts better. Returns {"t": [...], "loss": [...], "digits": 500, ...}."""
+    from uvit_numpy import schedulers as S
+    from uvit_numpy.data import load_digits
+
+    from .sample import load_digit_model
+    cfg = trained_config(folder)["config"]
+    d = cfg["diffusion"]
+    abar = np.cumprod(1.0 - S.make_betas(d["beta_schedule"], d["num_train_timesteps"],
+                                         d["beta_start"], d["beta_end"]))
+    x0, y = load_digits("held_out")
+    x0 = x0[:, None]                                                     # (500, 1, 28, 28)
+    noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)
+    model = load_digit_model(os.path.join(folder, "model")).model.eval()
+    losses = []
+    for t in timesteps:
+        tt = np.full(len(x0), t, dtype=np.int64)
+        xt = S.add_noise(x0, noise, tt, abar)                            # (500, 1, 28, 28) float32
+        target = S.training_target(x0, noise, tt, abar, d["prediction_type"])
+        pred = model(torch.from_numpy(xt), torch.from_numpy(tt), torch.from_numpy(y)).numpy()
+        losses.append(float(np.mean((pred.astype(np.float64) - target) ** 2)))
+    return {"t": list(timesteps), "loss": losses, "digits": len(x0), "noise_seed": seed,
+            "prediction_type": d["prediction_type"]}
+
+
+def held_out_run(folder):
+    """`held_out_losses` of a finished run, written once to HELD_OUT_FILE in its folder (made
+    anew when the run's model changed: it records the training's steps and seconds)."""
+    path = os.path.join(folder, HELD_OUT_FILE)
+    record = trained_config(folder)
+    trained = {k: record[k] for k in ("steps", "seconds")}
+    if os.path.isfile(path) and read_json(path).get("trained") == trained:
+        return read_json(path)
+    report = {**held_out_losses(folder), "trained": trained}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
 def time_steps(cfgs, steps, seed=0):
     """Seconds of one training step (forward, backward, clipping, AdamW, EMA) of runs of each
     config in `cfgs` that write nothing. The runs take their steps in turn (step n of every run,
@@ -256,6 +308,7 @@ def table_row(args, variant, seed, folder):
     if record["steps"] != cfg["steps"] or not same_run(record["config"], cfg):
         return None
     report = read_json(eval_path)
+    held_out = held_out_run(folder)
     log = T.read_log(os.path.join(folder, "log.csv"))
     return {
         "variant": variant, "group": A.VARIANTS[variant]["group"],
@@ -270,6 +323,7 @@ def table_row(args, variant, seed, folder):
         "threads": record.get("threads"), "eval_seconds": report["sampling_seconds"],
         "sampling": report["settings"], "folder": folder,
         "train_command": record.get("command"), "evaluate_command": report.get("command"),
+        "held_out_loss": {"t": held_out["t"], "loss": held_out["loss"]},
         "loss_curve": {"step": [int(v) for v in log["step"]],
                        "loss": [float(v) for v in log["loss"]]},
     }
@@ -349,6 +403,7 @@ def main(argv=None):
             train_run(cfg, folder, seed, action, train_command, not args.no_progress)
         if not evaluation_done(folder, args.per_class):
             evaluate_run(folder, evaluate_args)
+        held_out_run(folder)
     table = build_table(args)
     paths = A.write_table(args.table, table)
     print(f"table: {paths[0]}, {paths[1]}")
