@@ -205,3 +205,19 @@ def test_the_committed_table_is_what_its_commands_make():
         [(r["variant"], r["seed"], pytest.approx(r["final_loss"], rel=1e-12)) for r in rows]
     grid = plt.imread(os.path.join(os.path.dirname(COMMITTED), "08_ablation_samples.png"))
     assert grid.shape[0] > 60 * len(rows)                 # a row of digits per run
+
+
+def test_the_readme_figures_are_the_committed_table():
+    table = json.load(open(COMMITTED + ".json", encoding="utf-8"))
+    runs = {(r["variant"], r["seed"]): r for r in table["runs"]}
+    rest = [r for (name, _), r in runs.items() if name not in ("patch-conv", "pos-sincos2d")]
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"),
+                  encoding="utf-8").read()
+    section = readme.split("### The paper's ablations at digit scale")[1].split("\n## ")[0]
+    section = " ".join(section.split())
+    assert f"{table['steps']:,} steps per variant" in section
+    assert (f"final loss {runs['paper', 0]['final_loss']:.3f} and "
+            f"{runs['paper', 1]['final_loss']:.3f}") in section
+    assert f"accuracy {runs['patch-conv', 0]['class_accuracy']:.3f}" in section
+    assert f"panel e, {runs['pos-sincos2d', 0]['class_accuracy']:.3f}" in section
+    assert f"at most {max(r['class_accuracy'] for r in rest):.3f}" in section
