@@ -16,8 +16,9 @@ there, and its loss on the held-out digits at fixed timesteps and noise is measu
 unfinished run continues with `--resume` only (a run folder is never overwritten). At the end the
 table of every finished run under OUT (this base and number of steps) is written to TABLE.json and
 TABLE.csv: the commands that made each run, its steps, seed, parameters, final loss, class
-accuracy, Frechet ratio, times, held-out losses and loss curve, beside the paper's own ranking. Processes with disjoint `--variants` may run side by side (one
-thread each on a small machine); each writes the table of every run finished so far.
+accuracy, Frechet ratio, times, held-out losses and loss curve, beside the paper's own ranking.
+Processes with disjoint `--variants` may run side by side (one thread each on a small machine);
+each writes the table of every run finished so far.
 
 `--grid PNG` also samples one digit of each class from every run of the table (the EMA weights,
 the model's sampling defaults, `--grid-seed`) into one picture, a row per run.
@@ -220,8 +221,10 @@ def held_out_run(folder):
     path = os.path.join(folder, HELD_OUT_FILE)
     record = trained_config(folder)
     trained = {k: record[k] for k in ("steps", "seconds")}
-    if os.path.isfile(path) and read_json(path).get("trained") == trained:
-        return read_json(path)
+    if os.path.isfile(path):
+        report = read_json(path)
+        if report.get("trained") == trained:
+            return report
     report = {**held_out_losses(folder), "trained": trained}
     with open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
